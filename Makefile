@@ -1,0 +1,38 @@
+# Two commands a newcomer needs: `make serve` and `make test`. Both set up .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CONFIG ?=
+
+.PHONY: setup system-deps serve test lint fuzz soak bench loadtest clean
+
+# liburing-dev lets the io_uring backend build; without it (or without apt) everything still
+# installs and the io_uring backend reports itself unavailable.
+system-deps:
+	@if [ ! -f /usr/include/liburing.h ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing liburing-dev with apt"; \
+		(apt-get update -q && apt-get install -y -q liburing-dev) >/dev/null 2>&1 || \
+			echo "warning: could not install liburing-dev; io_uring will fall back to epoll"; \
+	fi
+
+$(STAMP): pyproject.toml setup.py
+	@$(MAKE) --no-print-directory system-deps
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+serve: $(STAMP)
+	$(PY) -m examples.gameserver $(if $(CONFIG),--config $(CONFIG),)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check framework examples tests benchmarks loadtests
+
+clean:
+	rm -rf $(VENV) build *.egg-info framework/io/backends/_uring*.so

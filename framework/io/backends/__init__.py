@@ -1,0 +1,1 @@
+"""Backends of the provider layer; each module is import-safe on every OS."""

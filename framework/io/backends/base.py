@@ -1,0 +1,568 @@
+"""Bookkeeping every backend shares, so each backend module holds only its kernel-facing code.
+
+`QueuedProvider` owns: operation ids and the pending-operation table, the per-socket registration
+table, the queue of finished completions and its delivery through `process_completions` (with the
+>0/0/<0 contract, `max_results` carry-over and callback isolation), `post()` from any thread with a
+coalesced wake-up, the per-operation timeout heap, statistics, user-space buffer registration and
+the shutdown sweep. A backend implements the hooks at the bottom of the class.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import socket
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from framework.io.errors import ErrorCode, ProviderError, map_errno
+from framework.io.provider import (
+    AsyncIOProvider,
+    CompletionCallback,
+    CompletionResult,
+    OpType,
+    ProviderStatistics,
+    RecvOperation,
+    SendOperation,
+    Status,
+)
+
+log = structlog.get_logger("framework.io")
+
+_monotonic_ns = time.monotonic_ns
+
+
+class Operation:
+    """One posted operation, alive from post to completion. Holds the caller's buffer (as a
+    memoryview) strongly, so the memory an in-flight kernel request points at cannot be freed."""
+
+    __slots__ = (
+        "address",
+        "buf",
+        "callback",
+        "context",
+        "deadline",
+        "done",
+        "entry",
+        "fd",
+        "op_id",
+        "op_type",
+        "sock",
+        "started_ns",
+        "token",
+    )
+
+    def __init__(
+        self,
+        op_id: int,
+        op_type: OpType,
+        entry: SocketEntry | None,
+        buf: memoryview | None,
+        callback: CompletionCallback | None,
+        context: Any,
+    ) -> None:
+        self.op_id = op_id
+        self.op_type = op_type
+        self.entry = entry
+        self.sock = entry.sock if entry is not None else None
+        self.fd = entry.fd if entry is not None else -1
+        self.buf = buf
+        self.callback = callback
+        self.context = context
+        self.done = 0  # bytes transferred so far (partial sends continue)
+        self.deadline = 0  # monotonic ns, 0 = none
+        self.started_ns = 0
+        self.address: Any = None
+        self.token: Any = None  # backend-private (e.g. an io_uring slot)
+
+
+class SocketEntry:
+    """A registered socket. `ops` are its pending operations, so unregistering can cancel them."""
+
+    __slots__ = ("context", "fd", "ops", "sock", "state")
+
+    def __init__(self, sock: socket.socket, context: Any) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.context = context
+        self.ops: dict[int, Operation] = {}
+        self.state: Any = None  # backend-private per-socket state
+
+
+def as_memoryview(data: bytes | bytearray | memoryview) -> memoryview:
+    mv = data if isinstance(data, memoryview) else memoryview(data)
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
+    return mv
+
+
+class QueuedProvider(AsyncIOProvider):
+    """Shared machinery; see the module docstring. Subclasses implement the `_backend_*` hooks."""
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self._initialized = False
+        self._closed = False
+        self._max_connections = 0
+        self._cq_size = 256
+        self._ids = itertools.count(1)
+        self._sockets: dict[int, SocketEntry] = {}
+        self._pending: dict[int, Operation] = {}
+        self._ready: deque[tuple[CompletionResult, CompletionCallback | None]] = deque()
+        self._posted: deque[tuple[CompletionCallback | None, Any, int]] = deque()
+        self._wake_pending = False
+        self._timeouts: list[tuple[int, int]] = []  # (deadline ns, op id), lazily pruned
+        self._buffers: dict[int, memoryview] = {}
+        self._buffer_ids = itertools.count(0)
+        self._measure_latency = True
+        self._latency_total_ns = 0
+        self._latency_count = 0
+        self._completed = 0
+        self._failed = 0
+        self._cancelled = 0
+        self._callback_errors = 0
+        self._posted_count = 0
+        self.last_error: str = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    def initialize(self, max_connections: int, max_completion_queue_size: int = 256) -> bool:
+        if self._initialized:
+            self.last_error = "already initialized"
+            return False
+        if max_connections <= 0 or max_completion_queue_size <= 0:
+            self.last_error = "max_connections and max_completion_queue_size must be positive"
+            return False
+        self._max_connections = max_connections
+        self._cq_size = max_completion_queue_size
+        try:
+            self._backend_open()
+        except OSError as exc:
+            self.last_error = f"{self.name}: {exc}"
+            return False
+        self._initialized = True
+        self._closed = False
+        return True
+
+    def shutdown(self) -> None:
+        if not self._initialized or self._closed:
+            return
+        self._closed = True
+        # Everything still pending completes as CANCELLED; the backend first makes sure the kernel
+        # no longer touches any buffer (io_uring waits for every CQE here).
+        self._backend_cancel_all()
+        for op in list(self._pending.values()):
+            self._complete(op, Status.CANCELLED, op.done, 0)
+        while self._posted:
+            callback, context, op_id = self._posted.popleft()
+            self._ready.append(
+                (CompletionResult(Status.CANCELLED, 0, 0, op_id, context, OpType.POST), callback)
+            )
+        while self._ready:
+            result, callback = self._ready.popleft()
+            self._run_callback(callback, result)
+        for entry in list(self._sockets.values()):
+            self._backend_unregister(entry)
+        self._sockets.clear()
+        self._backend_close()
+        self._initialized = False
+
+    @property
+    def initialized(self) -> bool:
+        return self._initialized and not self._closed
+
+    # ------------------------------------------------------------------ sockets
+    def register_socket(self, sock: socket.socket, context: Any = None) -> bool:
+        if not self.initialized:
+            self.last_error = "provider is not initialized"
+            return False
+        fd = sock.fileno()
+        if fd < 0:
+            self.last_error = "socket is closed"
+            return False
+        if fd in self._sockets:
+            self.last_error = f"fd {fd} is already registered"
+            return False
+        if len(self._sockets) >= self._max_connections:
+            self.last_error = f"max_connections ({self._max_connections}) reached"
+            return False
+        sock.setblocking(False)
+        entry = SocketEntry(sock, context)
+        try:
+            self._backend_register(entry)
+        except OSError as exc:
+            self.last_error = f"register fd {fd}: {exc}"
+            return False
+        self._sockets[fd] = entry
+        return True
+
+    def unregister_socket(self, sock: socket.socket) -> bool:
+        fd = sock.fileno()
+        entry = self._sockets.get(fd)
+        if entry is None or entry.sock is not sock:
+            self.last_error = "socket is not registered"
+            return False
+        # Pending operations end as CANCELLED; the backend stops watching the descriptor.
+        for op in list(entry.ops.values()):
+            self._backend_cancel(op, Status.CANCELLED, 0)
+        self._backend_unregister(entry)
+        del self._sockets[fd]
+        return True
+
+    def _entry_for(self, sock: socket.socket) -> SocketEntry | None:
+        try:
+            fd = sock.fileno()
+        except (AttributeError, OSError):
+            return None
+        entry = self._sockets.get(fd)
+        if entry is None or entry.sock is not sock:
+            return None
+        return entry
+
+    # ------------------------------------------------------------------ operations
+    def _new_op(
+        self,
+        op_type: OpType,
+        sock: socket.socket,
+        buf: memoryview | None,
+        callback: CompletionCallback | None,
+        context: Any,
+    ) -> Operation:
+        """Create and track an operation. On an unregistered socket it completes at once with
+        SOCKET_NOT_REGISTERED and has no `entry`."""
+        op_id = next(self._ids)
+        entry = self._entry_for(sock)
+        op = Operation(op_id, op_type, entry, buf, callback, context)
+        if self._measure_latency:
+            op.started_ns = _monotonic_ns()
+        self._pending[op_id] = op
+        if entry is None:
+            self._complete(op, Status.ERROR, 0, ErrorCode.SOCKET_NOT_REGISTERED)
+            return op
+        entry.ops[op_id] = op
+        return op
+
+    def send_async(self, sock, data, callback=None, context=None, timeout_ms=None) -> int:
+        if not self.initialized:
+            self.last_error = "provider is not initialized"
+            return 0
+        op = self._new_op(OpType.SEND, sock, as_memoryview(data), callback, context)
+        if op.entry is None:
+            return op.op_id
+        self._arm_timeout(op, timeout_ms)
+        self._backend_send(op)
+        return op.op_id
+
+    def recv_async(self, sock, buffer, callback=None, context=None, timeout_ms=None) -> int:
+        if not self.initialized:
+            self.last_error = "provider is not initialized"
+            return 0
+        mv = as_memoryview(buffer)
+        if mv.readonly:
+            raise TypeError("recv buffer must be writable")
+        op = self._new_op(OpType.RECV, sock, mv, callback, context)
+        if op.entry is None:
+            return op.op_id
+        if len(mv) == 0:
+            self._complete(op, Status.ERROR, 0, ErrorCode.BUFFER_TOO_SMALL)
+            return op.op_id
+        self._arm_timeout(op, timeout_ms)
+        self._backend_recv(op)
+        return op.op_id
+
+    def accept_async(self, listen_sock, callback=None, context=None) -> int:
+        if not self.initialized:
+            self.last_error = "provider is not initialized"
+            return 0
+        op = self._new_op(OpType.ACCEPT, listen_sock, None, callback, context)
+        if op.entry is None:
+            return op.op_id
+        self._backend_accept(op)
+        return op.op_id
+
+    def connect_async(self, sock, address, callback=None, context=None, timeout_ms=None) -> int:
+        if not self.initialized:
+            self.last_error = "provider is not initialized"
+            return 0
+        op = self._new_op(OpType.CONNECT, sock, None, callback, context)
+        if op.entry is None:
+            return op.op_id
+        op.address = address
+        self._arm_timeout(op, timeout_ms)
+        self._backend_connect(op)
+        return op.op_id
+
+    def send_batch_async(self, ops: Sequence[SendOperation]) -> int:
+        return sum(1 for o in ops if self.send_async(o.sock, o.data, o.callback, o.context))
+
+    def recv_batch_async(self, ops: Sequence[RecvOperation]) -> int:
+        return sum(1 for o in ops if self.recv_async(o.sock, o.buffer, o.callback, o.context))
+
+    def cancel(self, operation_id: int) -> bool:
+        op = self._pending.get(operation_id)
+        if op is None or op.op_type == OpType.POST:
+            return False
+        self._backend_cancel(op, Status.CANCELLED, 0)
+        return True
+
+    # ------------------------------------------------------------------ timeouts
+    def _arm_timeout(self, op: Operation, timeout_ms: int | None) -> None:
+        if timeout_ms is None or timeout_ms < 0:
+            return
+        op.deadline = _monotonic_ns() + timeout_ms * 1_000_000
+        heapq.heappush(self._timeouts, (op.deadline, op.op_id))
+
+    def _expire_timeouts(self) -> None:
+        heap = self._timeouts
+        if not heap:
+            return
+        now = _monotonic_ns()
+        while heap and heap[0][0] <= now:
+            _, op_id = heapq.heappop(heap)
+            op = self._pending.get(op_id)
+            if op is not None and op.deadline and op.deadline <= now:
+                self._backend_cancel(op, Status.TIMEOUT, ErrorCode.CONNECTION_TIMEOUT)
+
+    def _wait_budget_ms(self, timeout_ms: int) -> int:
+        """Shorten a kernel wait so the earliest operation deadline is honoured."""
+        heap = self._timeouts
+        while heap and heap[0][1] not in self._pending:
+            heapq.heappop(heap)
+        if not heap:
+            return timeout_ms
+        until = max(0, (heap[0][0] - _monotonic_ns() + 999_999) // 1_000_000)
+        return until if timeout_ms < 0 else min(timeout_ms, until)
+
+    # ------------------------------------------------------------------ completion delivery
+    def _complete(
+        self,
+        op: Operation,
+        status: Status,
+        nbytes: int,
+        error_code: int,
+        accepted: tuple[socket.socket, Any] | None = None,
+    ) -> None:
+        """Finish `op` exactly once and queue its result for delivery."""
+        if self._pending.pop(op.op_id, None) is None:
+            return
+        entry = op.entry
+        if entry is not None:
+            entry.ops.pop(op.op_id, None)
+        if status == Status.SUCCESS:
+            self._completed += 1
+        elif status == Status.CANCELLED:
+            self._cancelled += 1
+        else:
+            self._failed += 1
+        if op.started_ns:
+            self._latency_total_ns += _monotonic_ns() - op.started_ns
+            self._latency_count += 1
+        self._ready.append(
+            (
+                CompletionResult(status, nbytes, error_code, op.op_id, op.context, op.op_type, accepted),
+                op.callback,
+            )
+        )
+        op.buf = None
+        op.callback = None
+
+    def _fail(self, op: Operation, os_errno: int) -> None:
+        self._complete(op, Status.ERROR, op.done, map_errno(os_errno))
+
+    def _run_callback(self, callback: CompletionCallback | None, result: CompletionResult) -> None:
+        if callback is None:
+            return
+        try:
+            callback(result, result.user_context)
+        except Exception:
+            self._callback_errors += 1
+            log.exception("completion callback raised", backend=self.name, result=repr(result))
+
+    def _drain_posted(self) -> None:
+        """Move jobs from post() into the ready queue (loop thread only)."""
+        self._wake_pending = False  # cleared before draining: a racing post() then wakes us again
+        posted = self._posted
+        ready = self._ready
+        while posted:
+            callback, context, op_id = posted.popleft()
+            self._completed += 1
+            ready.append((CompletionResult(Status.SUCCESS, 0, 0, op_id, context, OpType.POST), callback))
+
+    def post(self, callback: CompletionCallback | None, context: Any = None) -> int:
+        if not self.initialized:
+            self.last_error = "provider is not initialized"
+            return 0
+        op_id = next(self._ids)  # itertools.count is atomic under the GIL
+        self._posted.append((callback, context, op_id))
+        self._posted_count += 1
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._backend_wakeup()
+        return op_id
+
+    def process_completions(self, timeout_ms: int, max_results: int, results: list[CompletionResult]) -> int:
+        results.clear()
+        if not self.initialized:
+            results.append(
+                CompletionResult(Status.ERROR, 0, ErrorCode.SOCKET_NOT_REGISTERED, 0, None, None)
+            )
+            return -1
+        ready = self._ready
+        if self._posted:
+            self._drain_posted()
+        try:
+            if ready:
+                self._backend_poll(0)
+            else:
+                deadline = None if timeout_ms < 0 else _monotonic_ns() + timeout_ms * 1_000_000
+                while True:
+                    if deadline is None:
+                        budget = -1
+                    else:
+                        budget = max(0, (deadline - _monotonic_ns() + 999_999) // 1_000_000)
+                    self._backend_poll(self._wait_budget_ms(budget))
+                    self._expire_timeouts()
+                    if self._posted:
+                        self._drain_posted()
+                    if ready or budget == 0 or (deadline is not None and _monotonic_ns() >= deadline):
+                        break
+        except ProviderError as exc:
+            results.append(CompletionResult(Status.ERROR, 0, exc.code, 0, str(exc), None))
+            return -1
+        except OSError as exc:
+            code = map_errno(exc.errno or 0)
+            results.append(CompletionResult(Status.ERROR, 0, code, 0, str(exc), None))
+            return -1
+        n = 0
+        run = self._run_callback
+        append = results.append
+        while ready and n < max_results:
+            result, callback = ready.popleft()
+            append(result)
+            n += 1
+            if callback is not None:
+                run(callback, result)
+        return n
+
+    # ------------------------------------------------------------------ options, statistics
+    def supports_feature(self, name: str) -> bool:
+        return name in self._features()
+
+    def _features(self) -> frozenset[str]:
+        return frozenset({"BatchSubmit", "PostCompletion", "OperationTimeout", "Cancel"})
+
+    def set_option(self, name: str, value: Any) -> bool:
+        if name == "measure_latency":
+            self._measure_latency = bool(value)
+            return True
+        return self._backend_set_option(name, value)
+
+    def get_statistics(self) -> ProviderStatistics:
+        avg = (self._latency_total_ns / self._latency_count / 1e6) if self._latency_count else 0.0
+        specific = {
+            "cancelled_operations": self._cancelled,
+            "callback_errors": self._callback_errors,
+            "posted": self._posted_count,
+            "ready_queue": len(self._ready),
+            "registered_buffers": len(self._buffers),
+        }
+        specific.update(self._backend_statistics())
+        return ProviderStatistics(
+            active_connections=len(self._sockets),
+            pending_operations=len(self._pending),
+            completed_operations=self._completed,
+            failed_operations=self._failed,
+            average_latency_ms=avg,
+            backend=self.name,
+            backend_specific=specific,
+        )
+
+    # ------------------------------------------------------------------ buffers
+    def register_buffer(self, buffer: bytearray | memoryview) -> int:
+        """User-space registration: the buffer is pinned by reference and addressed by id. Backends
+        with kernel registration (io_uring fixed buffers, RIO) override this."""
+        mv = as_memoryview(buffer)
+        if mv.readonly:
+            return -ErrorCode.BUFFER_TOO_SMALL
+        buffer_id = next(self._buffer_ids)
+        self._buffers[buffer_id] = mv
+        return buffer_id
+
+    def unregister_buffer(self, buffer_id: int) -> bool:
+        return self._buffers.pop(buffer_id, None) is not None
+
+    def _registered_slice(self, buffer_id: int, offset: int, length: int) -> memoryview | None:
+        mv = self._buffers.get(buffer_id)
+        if mv is None or offset < 0 or length < 0 or offset + length > len(mv):
+            return None
+        return mv[offset : offset + length]
+
+    def send_async_registered(self, sock, buffer_id, offset, length, callback=None, context=None) -> int:
+        view = self._registered_slice(buffer_id, offset, length)
+        if view is None:
+            self.last_error = f"buffer {buffer_id} [{offset}:{offset + length}] is not registered"
+            return 0
+        return self.send_async(sock, view, callback, context)
+
+    def recv_async_registered(self, sock, buffer_id, offset, max_length, callback=None, context=None) -> int:
+        view = self._registered_slice(buffer_id, offset, max_length)
+        if view is None:
+            self.last_error = f"buffer {buffer_id} [{offset}:{offset + max_length}] is not registered"
+            return 0
+        return self.recv_async(sock, view, callback, context)
+
+    # ------------------------------------------------------------------ backend hooks
+    def _backend_open(self) -> None:
+        """Create kernel objects (epoll fd, ring, wake-up fd). Raise OSError on failure."""
+        raise NotImplementedError
+
+    def _backend_close(self) -> None:
+        """Release kernel objects; no operation is pending any more."""
+        raise NotImplementedError
+
+    def _backend_register(self, entry: SocketEntry) -> None:
+        pass
+
+    def _backend_unregister(self, entry: SocketEntry) -> None:
+        pass
+
+    def _backend_send(self, op: Operation) -> None:
+        raise NotImplementedError
+
+    def _backend_recv(self, op: Operation) -> None:
+        raise NotImplementedError
+
+    def _backend_accept(self, op: Operation) -> None:
+        raise NotImplementedError
+
+    def _backend_connect(self, op: Operation) -> None:
+        raise NotImplementedError
+
+    def _backend_cancel(self, op: Operation, status: Status, error_code: int) -> None:
+        """Stop `op` and complete it with `status` (CANCELLED or TIMEOUT). A completion-based
+        backend may complete it later, when the kernel confirms; it must complete it exactly once."""
+        raise NotImplementedError
+
+    def _backend_cancel_all(self) -> None:
+        """At shutdown: make sure the kernel touches no operation's memory any more. Operations
+        still in `_pending` afterwards are completed as CANCELLED by the caller."""
+
+    def _backend_poll(self, timeout_ms: int) -> None:
+        """Wait up to `timeout_ms` (-1 forever, 0 poll) for kernel events and turn them into
+        completions via `_complete`. Returning early with nothing done is allowed. Must return
+        promptly after `_backend_wakeup()` from any thread."""
+        raise NotImplementedError
+
+    def _backend_wakeup(self) -> None:
+        """Called from any thread: make a blocked `_backend_poll` return."""
+        raise NotImplementedError
+
+    def _backend_set_option(self, name: str, value: Any) -> bool:
+        return False
+
+    def _backend_statistics(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,233 @@
+"""The AsyncIOProvider contract: one completion-style API over every OS's async I/O.
+
+Snake_case of the seed's `AsyncIOProvider`. Every backend (epoll, io_uring, kqueue, IOCP, RIO, the
+RAON legacy adapter) implements this class and proves itself against one contract suite
+(tests/test_provider_contract.py).
+
+Semantics every backend keeps:
+- Operations complete exactly once, as a `CompletionResult`, through `process_completions`; the
+  callback given at post time runs inside that call, after the result is appended to `results`.
+- `process_completions(timeout_ms, max_results, results)` clears and fills `results` and returns
+  >0 (that many), 0 (timed out, nothing ready) or <0 (the provider itself failed; `results[0]` holds
+  the error). Completions beyond `max_results` stay queued for the next call.
+- `timeout_ms`: -1 blocks, 0 polls.
+- A send completes when all its bytes are written, or with an error. A recv completes with what
+  arrived; 0 bytes means the peer closed. An accept completion carries `accepted == (sock, addr)`.
+- `shutdown()` completes every pending operation as CANCELLED and runs its callback before it returns.
+- `post()` may be called from any thread and wakes a blocked `process_completions`.
+"""
+
+from __future__ import annotations
+
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from framework.io.errors import describe
+
+
+class Status(IntEnum):
+    SUCCESS = 0
+    ERROR = 1
+    CANCELLED = 2
+    TIMEOUT = 3
+
+
+class OpType(IntEnum):
+    SEND = 1
+    RECV = 2
+    ACCEPT = 3
+    CONNECT = 4
+    POST = 5
+
+
+class CompletionResult:
+    """Result of one operation. `error_code` is an `ErrorCode` where the seed maps the OS error,
+    else the OS code itself (0 on success)."""
+
+    __slots__ = (
+        "accepted",
+        "bytes_transferred",
+        "error_code",
+        "op_type",
+        "operation_id",
+        "status",
+        "user_context",
+    )
+
+    def __init__(
+        self,
+        status: Status,
+        bytes_transferred: int = 0,
+        error_code: int = 0,
+        operation_id: int = 0,
+        user_context: Any = None,
+        op_type: OpType | None = None,
+        accepted: tuple[socket.socket, Any] | None = None,
+    ) -> None:
+        self.status = status
+        self.bytes_transferred = bytes_transferred
+        self.error_code = error_code
+        self.operation_id = operation_id
+        self.user_context = user_context
+        self.op_type = op_type
+        self.accepted = accepted
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.SUCCESS
+
+    def __repr__(self) -> str:
+        op = self.op_type.name if self.op_type is not None else "?"
+        err = f" error={describe(self.error_code)}" if self.error_code else ""
+        return (
+            f"CompletionResult({op} #{self.operation_id} {Status(self.status).name}"
+            f" bytes={self.bytes_transferred}{err})"
+        )
+
+
+CompletionCallback = Callable[[CompletionResult, Any], None]
+
+
+@dataclass(slots=True)
+class SendOperation:
+    sock: socket.socket
+    data: bytes | bytearray | memoryview
+    context: Any = None
+    callback: CompletionCallback | None = None
+
+
+@dataclass(slots=True)
+class RecvOperation:
+    sock: socket.socket
+    buffer: bytearray | memoryview
+    context: Any = None
+    callback: CompletionCallback | None = None
+
+
+@dataclass(slots=True)
+class ProviderStatistics:
+    active_connections: int = 0
+    pending_operations: int = 0
+    completed_operations: int = 0
+    failed_operations: int = 0
+    average_latency_ms: float = 0.0
+    backend: str = ""
+    backend_specific: dict[str, Any] = field(default_factory=dict)
+
+
+class AsyncIOProvider(ABC):
+    """Unified async I/O interface (the seed's AsyncIOProvider)."""
+
+    name: str = "abstract"
+
+    # ---- initialization ----
+    @abstractmethod
+    def initialize(self, max_connections: int, max_completion_queue_size: int = 256) -> bool: ...
+
+    @abstractmethod
+    def shutdown(self) -> None: ...
+
+    # ---- sockets ----
+    @abstractmethod
+    def register_socket(self, sock: socket.socket, context: Any = None) -> bool: ...
+
+    @abstractmethod
+    def unregister_socket(self, sock: socket.socket) -> bool: ...
+
+    # ---- operations; each returns an operation id, 0 when nothing was posted ----
+    @abstractmethod
+    def send_async(
+        self,
+        sock: socket.socket,
+        data: bytes | bytearray | memoryview,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+        timeout_ms: int | None = None,
+    ) -> int: ...
+
+    @abstractmethod
+    def recv_async(
+        self,
+        sock: socket.socket,
+        buffer: bytearray | memoryview,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+        timeout_ms: int | None = None,
+    ) -> int: ...
+
+    @abstractmethod
+    def accept_async(
+        self, listen_sock: socket.socket, callback: CompletionCallback | None = None, context: Any = None
+    ) -> int: ...
+
+    @abstractmethod
+    def connect_async(
+        self,
+        sock: socket.socket,
+        address: Any,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+        timeout_ms: int | None = None,
+    ) -> int: ...
+
+    @abstractmethod
+    def send_batch_async(self, ops: Sequence[SendOperation]) -> int: ...
+
+    @abstractmethod
+    def recv_batch_async(self, ops: Sequence[RecvOperation]) -> int: ...
+
+    @abstractmethod
+    def cancel(self, operation_id: int) -> bool: ...
+
+    # ---- completions ----
+    @abstractmethod
+    def process_completions(self, timeout_ms: int, max_results: int, results: list[CompletionResult]) -> int: ...
+
+    @abstractmethod
+    def post(self, callback: CompletionCallback | None, context: Any = None) -> int: ...
+
+    # ---- configuration and diagnostics ----
+    def get_backend_name(self) -> str:
+        return self.name
+
+    @abstractmethod
+    def supports_feature(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def set_option(self, name: str, value: Any) -> bool: ...
+
+    @abstractmethod
+    def get_statistics(self) -> ProviderStatistics: ...
+
+    # ---- buffer registration (kernel-registered where the backend can) ----
+    @abstractmethod
+    def register_buffer(self, buffer: bytearray | memoryview) -> int: ...
+
+    @abstractmethod
+    def unregister_buffer(self, buffer_id: int) -> bool: ...
+
+    @abstractmethod
+    def send_async_registered(
+        self,
+        sock: socket.socket,
+        buffer_id: int,
+        offset: int,
+        length: int,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+    ) -> int: ...
+
+    @abstractmethod
+    def recv_async_registered(
+        self,
+        sock: socket.socket,
+        buffer_id: int,
+        offset: int,
+        max_length: int,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+    ) -> int: ...
