@@ -103,6 +103,9 @@ def create_provider(
     unavailable falls back along the platform chain (logged); with `fallback=False` it raises.
     """
     chain = fallback_chain(platform)
+    if name != "auto" and name not in _REGISTRY:
+        # A typo in a config must not silently fall back to another backend.
+        provider_class(name)  # raises BackendUnavailable naming the known backends
     if name == "auto":
         candidates = chain
         if not candidates:

@@ -127,6 +127,7 @@ class QueuedProvider(AsyncIOProvider):
         self._cancelled = 0
         self._callback_errors = 0
         self._posted_count = 0
+        self._poll_calls = 0  # kernel waits; the contract suite checks an idle loop does not spin
         self.last_error: str = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -184,9 +185,13 @@ class QueuedProvider(AsyncIOProvider):
         if fd < 0:
             self.last_error = "socket is closed"
             return False
-        if fd in self._sockets:
-            self.last_error = f"fd {fd} is already registered"
-            return False
+        stale = self._sockets.get(fd)
+        if stale is not None:
+            if stale.sock.fileno() == fd:
+                self.last_error = f"fd {fd} is already registered"
+                return False
+            # The old socket was closed without unregister_socket and its fd number reused.
+            self._drop_entry(stale)
         if len(self._sockets) >= self._max_connections:
             self.last_error = f"max_connections ({self._max_connections}) reached"
             return False
@@ -204,14 +209,20 @@ class QueuedProvider(AsyncIOProvider):
         fd = sock.fileno()
         entry = self._sockets.get(fd)
         if entry is None or entry.sock is not sock:
-            self.last_error = "socket is not registered"
-            return False
+            # A socket closed before unregistering has fileno() -1: find it by identity.
+            entry = next((e for e in self._sockets.values() if e.sock is sock), None) if fd < 0 else None
+            if entry is None:
+                self.last_error = "socket is not registered"
+                return False
+        self._drop_entry(entry)
+        return True
+
+    def _drop_entry(self, entry: SocketEntry) -> None:
         # Pending operations end as CANCELLED; the backend stops watching the descriptor.
         for op in list(entry.ops.values()):
             self._backend_cancel(op, Status.CANCELLED, 0)
         self._backend_unregister(entry)
-        del self._sockets[fd]
-        return True
+        del self._sockets[entry.fd]
 
     def _entry_for(self, sock: socket.socket) -> SocketEntry | None:
         try:
@@ -408,15 +419,19 @@ class QueuedProvider(AsyncIOProvider):
         results.clear()
         if not self.initialized:
             results.append(
-                CompletionResult(Status.ERROR, 0, ErrorCode.SOCKET_NOT_REGISTERED, 0, None, None)
-            )
+                CompletionResult(
+                    Status.ERROR, 0, ErrorCode.SOCKET_NOT_REGISTERED, 0, "provider is not initialized", None
+                )
+            )  # user_context carries the message, as for a ProviderError below
             return -1
         ready = self._ready
         if self._posted:
             self._drain_posted()
         try:
             if ready:
+                self._poll_calls += 1
                 self._backend_poll(0)
+                self._expire_timeouts()  # a busy loop must still honour deadlines
             else:
                 deadline = None if timeout_ms < 0 else _monotonic_ns() + timeout_ms * 1_000_000
                 while True:
@@ -424,6 +439,7 @@ class QueuedProvider(AsyncIOProvider):
                         budget = -1
                     else:
                         budget = max(0, (deadline - _monotonic_ns() + 999_999) // 1_000_000)
+                    self._poll_calls += 1
                     self._backend_poll(self._wait_budget_ms(budget))
                     self._expire_timeouts()
                     if self._posted:
@@ -467,6 +483,7 @@ class QueuedProvider(AsyncIOProvider):
             "cancelled_operations": self._cancelled,
             "callback_errors": self._callback_errors,
             "posted": self._posted_count,
+            "poll_calls": self._poll_calls,
             "ready_queue": len(self._ready),
             "registered_buffers": len(self._buffers),
         }
