@@ -1,0 +1,28 @@
+"""The RAON legacy IOCP API in Python, running on any AsyncIOProvider (epoll, io_uring, ...).
+
+Names map one-to-one to the C++ ones (IocpCore::HandleIocp -> IocpCore.handle_iocp, ...); the full
+table is in docs/MIGRATING.md.
+"""
+
+from framework.legacy.core import CallableJob, IocpCore, IocpObject, IoType, OverlappedEx
+from framework.legacy.packet import PacketError, PacketHeader, build_packet, packet_id_of, read_packets
+from framework.legacy.service import IocpObjectListener, ServiceCoordinator, ServiceType, SessionPool
+from framework.legacy.session import IocpObjectSession
+
+__all__ = [
+    "CallableJob",
+    "IoType",
+    "IocpCore",
+    "IocpObject",
+    "IocpObjectListener",
+    "IocpObjectSession",
+    "OverlappedEx",
+    "PacketError",
+    "PacketHeader",
+    "ServiceCoordinator",
+    "ServiceType",
+    "SessionPool",
+    "build_packet",
+    "packet_id_of",
+    "read_packets",
+]

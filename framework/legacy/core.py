@@ -1,0 +1,476 @@
+"""RAON's completion-port core (IocpCore, IocpObject, OverlappedEx, IoType) on any AsyncIOProvider.
+
+On Windows, RAON associates each socket with a completion port (the completion key is the
+`IocpObject`), issues WSASend/WSARecv/AcceptEx/ConnectEx/DisconnectEx with an `OverlappedEx` that
+names the operation (`io_type`) and its buffer (`wsa_buf`), and runs `HandleIocp(timeout)`: one
+GetQueuedCompletionStatus turn that hands `(IocpObject, OverlappedEx, bytes)` to
+`IocpObject::HandleIocp`. `PushIocpJob` is PostQueuedCompletionStatus.
+
+Here the completion port is an `AsyncIOProvider` (epoll, io_uring, ...). Every operation is posted
+with the `OverlappedEx` as its context and one bound method of the core as its callback, so a
+completion is dispatched to `overlapped.owner.handle_iocp(overlapped, bytes)` whichever loop drives
+the provider: `IocpCore.handle_iocp` itself, or a `Server` sharing the provider. The OS-level result
+(status, error code, accepted socket) is written into the `OverlappedEx`, where IOCP keeps it too
+(OVERLAPPED.Internal); a failed operation is dispatched like any other, as IOCP does.
+
+Threading follows the provider: I/O calls and `handle_iocp` belong to one thread (the loop);
+`push_iocp_job` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import socket
+import time
+from collections.abc import Callable
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from framework.io.errors import ProviderError
+from framework.io.provider import AsyncIOProvider, CompletionResult, Status
+
+if TYPE_CHECKING:
+    from framework.legacy.service import ServiceCoordinator
+    from framework.legacy.session import IocpObjectSession
+
+log = structlog.get_logger("framework.legacy")
+
+_monotonic_ns = time.monotonic_ns
+
+
+class IoType(IntEnum):
+    """RAON IO_TYPE: what an OverlappedEx was issued for."""
+
+    SEND = 0
+    RECV = 1
+    ACCEPT = 2
+    CONNECT = 3
+    DISCONNECT = 4
+    JOB = 5
+
+
+class OverlappedEx:
+    """RAON OverlappedEx: the per-operation record. An object reuses its OverlappedEx for the next
+    operation of the same kind once the completion arrived (`pending` is False again)."""
+
+    __slots__ = (
+        "accepted",
+        "cancel_status",
+        "error_code",
+        "io_type",
+        "operation_id",
+        "owner",
+        "status",
+        "user",
+        "wsa_buf",
+    )
+
+    def __init__(
+        self,
+        io_type: IoType,
+        wsa_buf: memoryview | None = None,
+        owner: IocpObject | None = None,
+        user: Any = None,
+    ) -> None:
+        self.io_type = io_type
+        self.wsa_buf = wsa_buf
+        self.owner = owner  # the completion key
+        self.user = user  # free for the owner (the legacy provider keeps its Operation here)
+        self.operation_id = 0  # provider operation id while pending, else 0
+        self.status = Status.SUCCESS  # of the last completion (OVERLAPPED.Internal)
+        self.error_code = 0
+        self.accepted: tuple[socket.socket, Any] | None = None
+        self.cancel_status: tuple[Status, int] | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.operation_id != 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.SUCCESS
+
+    def __repr__(self) -> str:
+        return f"OverlappedEx({self.io_type.name} op={self.operation_id} {Status(self.status).name})"
+
+
+class IocpObject:
+    """RAON IocpObject: anything that owns a handle and receives its completions.
+
+    The reference count (`add_ref`/`release`) counts outstanding operations (and any other holder);
+    `on_last_release` runs when it drops to zero, which is where an object tears itself down, so
+    it never goes away while the provider still owes it a completion."""
+
+    def __init__(self) -> None:
+        self.core: IocpCore | None = None
+        self._refs = 0
+
+    def get_handle(self) -> socket.socket | None:
+        return None
+
+    def handle_iocp(self, overlapped: OverlappedEx, bytes_transferred: int) -> None:
+        raise NotImplementedError
+
+    def on_iocp_error(self, overlapped: OverlappedEx, exc: BaseException) -> None:
+        """`handle_iocp` raised: the core logged it; an object may close itself here."""
+
+    # ---- reference count (InterlockedIncrement/Decrement in RAON; one loop thread here) ----
+    def add_ref(self) -> int:
+        self._refs += 1
+        return self._refs
+
+    def release(self) -> int:
+        if self._refs <= 0:
+            raise RuntimeError(f"{type(self).__name__}.release() without a matching add_ref()")
+        self._refs -= 1
+        if self._refs == 0:
+            self.on_last_release()
+        return self._refs
+
+    @property
+    def ref_count(self) -> int:
+        return self._refs
+
+    def on_last_release(self) -> None:
+        pass
+
+
+class CallableJob(IocpObject):
+    """A plain function pushed with `push_iocp_job`; runs once on the loop thread (not when the
+    provider shuts down first, as queued packets die with a closed completion port)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def handle_iocp(self, overlapped: OverlappedEx, bytes_transferred: int) -> None:
+        if overlapped.ok:
+            self.fn()
+
+
+class IocpCore:
+    """RAON IocpCore over an AsyncIOProvider.
+
+    `IocpCore(provider)` uses that provider (initializing it when needed, shutting it down only if
+    it initialized it). `IocpCore(backend="epoll")` or `IocpCore(settings=settings)` creates one
+    through the factory ("legacy_iocp" in settings means: the platform's best real backend here).
+    """
+
+    def __init__(
+        self,
+        provider: AsyncIOProvider | None = None,
+        *,
+        backend: str | None = None,
+        settings: Any = None,
+        max_connections: int = 4096,
+        max_completion_queue_size: int = 256,
+        batch_size: int = 256,
+        fallback: bool = True,
+    ) -> None:
+        io = getattr(settings, "io", None)
+        if io is not None:
+            backend = backend or io.backend
+            max_connections = io.max_connections
+            max_completion_queue_size = io.completion_queue_size
+            batch_size = io.completion_batch
+            fallback = io.fallback
+        if backend in (None, "legacy_iocp"):
+            backend = "auto"  # the legacy core itself needs a real kernel backend underneath
+        self._provider = provider
+        self._backend = backend
+        self._fallback = fallback
+        self._options: dict[str, Any] = dict(getattr(io, "options", {}) or {})
+        self._owns_provider = False
+        self._max_connections = max_connections
+        self._cq_size = max_completion_queue_size
+        self._batch = batch_size
+        self._results: list[CompletionResult] = []
+        self._timers: list[tuple[int, int, IocpObject | Callable[[], Any]]] = []
+        self._timer_seq = itertools.count()
+        self._services: list[ServiceCoordinator] = []
+        self._running = False
+        self._closed = False
+        self.dispatched = 0  # completions handed to an IocpObject
+        self.handler_errors = 0  # handle_iocp calls that raised
+        self.null_keys = 0  # completions without an owner (seed CASE 1), ignored
+        self.last_error = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def provider(self) -> AsyncIOProvider:
+        if self._provider is None:
+            raise RuntimeError("IocpCore.initialize() has not run")
+        return self._provider
+
+    def initialize(self) -> bool:
+        """Create/initialize the provider (RAON IocpCore::Initialize: CreateIoCompletionPort)."""
+        if self._provider is None:
+            from framework.io.factory import create_provider
+
+            self._provider = create_provider(self._backend, fallback=self._fallback)
+        if not getattr(self._provider, "initialized", False):
+            if not self._provider.initialize(self._max_connections, self._cq_size):
+                self.last_error = getattr(self._provider, "last_error", "") or "initialize failed"
+                return False
+            self._owns_provider = True
+            for name, value in self._options.items():
+                self._provider.set_option(name, value)
+        self._closed = False
+        return True
+
+    def shutdown(self) -> None:
+        """Stop every service, then (if this core initialized it) shut the provider down, which
+        completes every pending operation as CANCELLED through the owners' handle_iocp."""
+        if self._closed:
+            return
+        self._closed = True
+        self._running = False
+        for service in list(self._services):
+            service.stop()
+        self._services.clear()
+        self._timers.clear()
+        if self._provider is not None and self._owns_provider:
+            self._provider.shutdown()
+            self._owns_provider = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------ objects
+    def register_iocp_object(self, obj: IocpObject) -> bool:
+        """CreateIoCompletionPort(handle, port, key=obj)."""
+        sock = obj.get_handle()
+        if sock is None:
+            self.last_error = "object has no handle"
+            return False
+        if not self.provider.register_socket(sock, obj):
+            self.last_error = getattr(self.provider, "last_error", "") or "register_socket failed"
+            return False
+        obj.core = self
+        return True
+
+    def unregister_iocp_object(self, obj: IocpObject) -> bool:
+        """Detach the handle; its pending operations complete as CANCELLED."""
+        sock = obj.get_handle()
+        return sock is not None and self._provider is not None and self._provider.unregister_socket(sock)
+
+    # ------------------------------------------------------------------ the Winsock calls RAON issues
+    def wsa_send(self, obj: IocpObject, overlapped: OverlappedEx, timeout_ms: int | None = None) -> bool:
+        """WSASend of `overlapped.wsa_buf`; completes when every byte is written."""
+        overlapped.io_type = IoType.SEND
+        return self._posted(
+            overlapped,
+            self.provider.send_async(
+                obj.get_handle(), overlapped.wsa_buf, self._dispatch, overlapped, timeout_ms
+            ),
+        )
+
+    def wsa_recv(self, obj: IocpObject, overlapped: OverlappedEx, timeout_ms: int | None = None) -> bool:
+        """WSARecv into `overlapped.wsa_buf`; 0 bytes means the peer closed."""
+        overlapped.io_type = IoType.RECV
+        return self._posted(
+            overlapped,
+            self.provider.recv_async(
+                obj.get_handle(), overlapped.wsa_buf, self._dispatch, overlapped, timeout_ms
+            ),
+        )
+
+    def accept_ex(self, listener: IocpObject, overlapped: OverlappedEx) -> bool:
+        """AcceptEx: the completion carries `overlapped.accepted == (sock, addr)`."""
+        overlapped.io_type = IoType.ACCEPT
+        return self._posted(
+            overlapped, self.provider.accept_async(listener.get_handle(), self._dispatch, overlapped)
+        )
+
+    def connect_ex(
+        self, obj: IocpObject, overlapped: OverlappedEx, address: Any, timeout_ms: int | None = None
+    ) -> bool:
+        overlapped.io_type = IoType.CONNECT
+        return self._posted(
+            overlapped,
+            self.provider.connect_async(obj.get_handle(), address, self._dispatch, overlapped, timeout_ms),
+        )
+
+    def disconnect_ex(self, obj: IocpObject, overlapped: OverlappedEx) -> bool:
+        """DisconnectEx: shut the connection down, detach the socket (its pending operations
+        complete as CANCELLED) and queue a DISCONNECT completion behind them. The owner closes the
+        socket once its reference count shows every completion arrived."""
+        sock = obj.get_handle()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected (any more): nothing to shut down
+            self.unregister_iocp_object(obj)
+        overlapped.io_type = IoType.DISCONNECT
+        return self._posted(overlapped, self.provider.post(self._dispatch, overlapped))
+
+    def cancel_io_ex(self, overlapped: OverlappedEx) -> bool:
+        """CancelIoEx: the operation completes (CANCELLED, or normally if it won the race)."""
+        return overlapped.operation_id != 0 and self.provider.cancel(overlapped.operation_id)
+
+    def _posted(self, overlapped: OverlappedEx, op_id: int) -> bool:
+        overlapped.operation_id = op_id
+        if op_id == 0:
+            self.last_error = getattr(self._provider, "last_error", "") or "operation not posted"
+            return False
+        return True
+
+    # ------------------------------------------------------------------ jobs and timers
+    def push_iocp_job(self, job: IocpObject | Callable[[], Any]) -> bool:
+        """PostQueuedCompletionStatus: `job.handle_iocp(OverlappedEx(JOB), 0)` (or `job()`) runs
+        once, on the thread running handle_iocp. Safe to call from any thread."""
+        obj = job if isinstance(job, IocpObject) else CallableJob(job)
+        return self.provider.post(self._dispatch, OverlappedEx(IoType.JOB, owner=obj)) != 0
+
+    def push_timer_job(self, delay_ms: int, job: IocpObject | Callable[[], Any]) -> None:
+        """Run `job` as a JOB completion after `delay_ms` (loop thread only). handle_iocp shortens
+        its wait for it; when another loop drives the provider, call `run_timers()` from it."""
+        deadline = _monotonic_ns() + max(0, delay_ms) * 1_000_000
+        heapq.heappush(self._timers, (deadline, next(self._timer_seq), job))
+
+    def run_timers(self) -> int:
+        """Dispatch every due timer job; returns how many ran."""
+        timers = self._timers
+        n = 0
+        now = _monotonic_ns()
+        while timers and timers[0][0] <= now:
+            _, _, job = heapq.heappop(timers)
+            obj = job if isinstance(job, IocpObject) else CallableJob(job)
+            self._dispatch_to(obj, OverlappedEx(IoType.JOB, owner=obj), 0)
+            n += 1
+        return n
+
+    def wakeup(self) -> None:
+        """Make a blocked handle_iocp return (a completion with no key, which it ignores)."""
+        self.provider.post(None)
+
+    # ------------------------------------------------------------------ the GetQueuedCompletionStatus loop
+    def handle_iocp(self, timeout_ms: int = -1) -> int:
+        """One loop turn: wait up to `timeout_ms` (-1 forever, 0 poll) and dispatch every completion
+        that arrived as `owner.handle_iocp(overlapped, bytes)`. Returns how many were dispatched
+        (0 on timeout or a bare wake-up). Raises ProviderError when the provider itself failed."""
+        before = self.dispatched
+        self.run_timers()
+        if self._timers:
+            until = max(0, (self._timers[0][0] - _monotonic_ns() + 999_999) // 1_000_000)
+            timeout_ms = until if timeout_ms < 0 else min(timeout_ms, until)
+        if self.dispatched != before:
+            timeout_ms = 0  # timers ran: poll, do not wait
+        results = self._results
+        n = self.provider.process_completions(timeout_ms, self._batch, results)
+        if n < 0:
+            err = results[0] if results else None
+            raise ProviderError(
+                f"completion port failed: {err.user_context if err else 'unknown'}",
+                err.error_code if err else 0,
+            )
+        results.clear()  # drop references to the delivered results
+        self.run_timers()
+        return self.dispatched - before
+
+    def run(self, poll_ms: int = 100) -> None:
+        """Run handle_iocp until `stop()` (the worker thread body of a RAON server)."""
+        self._running = True
+        while self._running and not self._closed:
+            self.handle_iocp(poll_ms)
+
+    def stop(self) -> None:
+        """End `run()`; callable from any thread."""
+        self._running = False
+        if self._provider is not None and not self._closed:
+            self.wakeup()
+
+    def _dispatch(self, result: CompletionResult, overlapped: OverlappedEx) -> None:
+        overlapped.operation_id = 0
+        overlapped.status = result.status
+        overlapped.error_code = result.error_code
+        overlapped.accepted = result.accepted
+        owner = overlapped.owner
+        if owner is None:
+            self.null_keys += 1
+            log.warning("completion without an owner ignored", overlapped=repr(overlapped))
+            return
+        self._dispatch_to(owner, overlapped, result.bytes_transferred)
+
+    def _dispatch_to(self, owner: IocpObject, overlapped: OverlappedEx, nbytes: int) -> None:
+        self.dispatched += 1
+        try:
+            owner.handle_iocp(overlapped, nbytes)
+        except Exception as exc:
+            # One broken handler must not stop the loop (seed: "continue processing other completions").
+            self.handler_errors += 1
+            log.exception("handle_iocp raised", owner=type(owner).__name__, overlapped=repr(overlapped))
+            try:
+                owner.on_iocp_error(overlapped, exc)
+            except Exception:
+                log.exception("on_iocp_error raised", owner=type(owner).__name__)
+
+    # ------------------------------------------------------------------ services
+    def register_server_service(
+        self,
+        port: int,
+        session_factory: Callable[[], IocpObjectSession],
+        *,
+        host: str = "0.0.0.0",
+        max_sessions: int = 1000,
+        backlog: int = 128,
+        accept_count: int = 4,
+    ) -> ServiceCoordinator:
+        """Listen on (host, port) and serve with a pool of `max_sessions` sessions. Raises OSError
+        when the port cannot be bound. `coordinator.address` is the bound address (port 0 works)."""
+        from framework.legacy.service import ServiceCoordinator, ServiceType
+
+        svc = ServiceCoordinator(
+            self,
+            ServiceType.SERVER,
+            (host, port),
+            session_factory,
+            max_sessions,
+            backlog=backlog,
+            accept_count=accept_count,
+        )
+        svc.start()
+        self._services.append(svc)
+        return svc
+
+    def register_client_service(
+        self,
+        address: tuple[str, int],
+        session_factory: Callable[[], IocpObjectSession],
+        *,
+        connection_count: int = 1,
+        auto_reconnect: bool = False,
+        reconnect_delay_ms: int = 500,
+        connect_timeout_ms: int | None = 5000,
+    ) -> ServiceCoordinator:
+        """Outgoing sessions to `address`. With `auto_reconnect` (CLIENT_AUTO_RECONNECT) all
+        `connection_count` sessions connect now and reconnect `reconnect_delay_ms` after each loss
+        or failed attempt; otherwise (CLIENT) call `manual_connect()`."""
+        from framework.legacy.service import ServiceCoordinator, ServiceType
+
+        svc = ServiceCoordinator(
+            self,
+            ServiceType.CLIENT_AUTO_RECONNECT if auto_reconnect else ServiceType.CLIENT,
+            address,
+            session_factory,
+            connection_count,
+            reconnect_delay_ms=reconnect_delay_ms,
+            connect_timeout_ms=connect_timeout_ms,
+        )
+        svc.start()
+        self._services.append(svc)
+        return svc
+
+    def unregister_service(self, service: ServiceCoordinator) -> None:
+        service.stop()
+        if service in self._services:
+            self._services.remove(service)
+
+    @property
+    def services(self) -> list[ServiceCoordinator]:
+        return list(self._services)

@@ -1,0 +1,344 @@
+"""RAON IocpObjectSession: one TCP connection, written against completion callbacks.
+
+The life of a session, as in RAON:
+- accepted (by a listener) or `connect()`ed; `on_connect(success)` reports either;
+- one recv is always outstanding into the session's recv buffer; `on_recv(buf, len)` sees every
+  byte not yet consumed and returns how many it consumed; the rest stays and is presented again,
+  followed by the next data (this is how a partial packet waits for its tail);
+- `reserve_send` queues a packet, `flush_send` sends everything queued as ONE send operation
+  (the gathered WSASend); `send` is both; while a send is in flight new packets queue and go out
+  together when it completes; `on_send(len, packet_id)` reports each packet once written;
+- `disconnect(reason)` issues DisconnectEx; every operation still pending completes (CANCELLED),
+  and when the reference count reaches zero the socket is closed, `on_disconnect()` runs and the
+  session goes back to its coordinator (pool / reconnect) after `reset()`.
+
+The reference count is what makes this safe: the session is never reset or reused while the
+provider still owes it a completion.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from framework.io.errors import describe
+from framework.io.provider import Status
+from framework.legacy.core import IocpObject, IoType, OverlappedEx
+from framework.legacy.packet import packet_id_of
+
+if TYPE_CHECKING:
+    from framework.legacy.service import ServiceCoordinator
+
+log = structlog.get_logger("framework.legacy")
+
+
+def _describe_failure(overlapped: OverlappedEx) -> str:
+    status = Status(overlapped.status).name.lower()
+    return f"{overlapped.io_type.name.lower()} {status}: {describe(overlapped.error_code)}"
+
+
+class IocpObjectSession(IocpObject):
+    """Subclass and override the `on_*` callbacks (see the module docstring)."""
+
+    RECV_BUFFER_SIZE = 64 * 1024
+    MAX_SEND_QUEUE = 4 * 1024 * 1024  # queued-but-unsent bytes before the peer counts as stuck
+
+    def __init__(self, recv_buffer_size: int | None = None) -> None:
+        super().__init__()
+        self.coordinator: ServiceCoordinator | None = None
+        self.session_id = 0  # index in its pool
+        self.generation = 0  # incremented by reset(): tells reuses of one object apart in logs
+        self.peer_address: Any = None
+        self.disconnect_reason = ""
+        self._sock: socket.socket | None = None
+        self._registered = False
+        self._connected = False
+        self._connecting = False
+        self._disconnecting = False
+        self._recv_buf = bytearray(recv_buffer_size or self.RECV_BUFFER_SIZE)
+        self._recv_len = 0
+        self._recv_ov = OverlappedEx(IoType.RECV, owner=self)
+        self._send_ov = OverlappedEx(IoType.SEND, owner=self)
+        self._connect_ov = OverlappedEx(IoType.CONNECT, owner=self)
+        self._disconnect_ov = OverlappedEx(IoType.DISCONNECT, owner=self)
+        # Double buffer: packets are reserved into one while the other is on the wire.
+        self._reserved = bytearray()
+        self._reserved_packets: list[tuple[int, int]] = []  # (len, packet id)
+        self._sending = bytearray()
+        self._sending_packets: list[tuple[int, int]] = []
+        self._send_in_flight = False
+
+    # ------------------------------------------------------------------ state
+    def get_handle(self) -> socket.socket | None:
+        return self._sock
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected and not self._disconnecting
+
+    @property
+    def is_idle(self) -> bool:
+        """No socket and no operation outstanding: free to connect or to be pooled."""
+        return self._sock is None and self._refs == 0
+
+    @property
+    def queued_send_bytes(self) -> int:
+        return len(self._reserved) + (len(self._sending) if self._send_in_flight else 0)
+
+    # ------------------------------------------------------------------ callbacks to override
+    def on_connect(self, success: bool) -> None:
+        """Connected (accepted, or an outgoing connect finished); `success` False: connect failed."""
+
+    def on_send(self, length: int, packet_id: int) -> None:
+        """A packet reserved earlier was written completely."""
+
+    def on_recv(self, buf: memoryview, length: int) -> int:
+        """`buf[:length]` holds every byte not consumed yet; return how many bytes were consumed
+        (the rest is presented again with the next data). `buf` is valid only during the call."""
+        return length
+
+    def on_disconnect(self) -> None:
+        """The connection is gone and every operation finished; `disconnect_reason` says why."""
+
+    # ------------------------------------------------------------------ RAON API
+    def connect(self, address: Any = None, timeout_ms: int | None = None) -> bool:
+        """Start an outgoing connection (ConnectEx); `on_connect` reports the outcome."""
+        core = self.core if self.core is not None else (self.coordinator.core if self.coordinator else None)
+        if core is None:
+            raise RuntimeError("session has no IocpCore (use a client service or set session.core)")
+        if address is None and self.coordinator is not None:
+            address = self.coordinator.address
+            if timeout_ms is None:
+                timeout_ms = self.coordinator.connect_timeout_ms
+        if address is None:
+            raise ValueError("connect() needs an address")
+        if not self.is_idle:
+            return False
+        family = socket.AF_INET6 if ":" in str(address[0]) else socket.AF_INET
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            log.warning("connect: socket() failed", error=str(exc))
+            return False
+        self._sock = sock
+        self.peer_address = address
+        self.disconnect_reason = ""
+        if not core.register_iocp_object(self):
+            self._close_socket()
+            return False
+        self._registered = True
+        self._connecting = True
+        self.add_ref()
+        if not core.connect_ex(self, self._connect_ov, address, timeout_ms):
+            self._connecting = False
+            self.release()
+            self._close_socket()
+            return False
+        return True
+
+    def send(self, buffer: bytes | bytearray | memoryview, length: int | None = None) -> bool:
+        """Send(buffer, len): reserve and flush."""
+        return self.reserve_send(buffer, length) and self.flush_send()
+
+    def reserve_send(self, buffer: bytes | bytearray | memoryview, length: int | None = None) -> bool:
+        """Queue `buffer[:length]` (copied) for the next flush_send."""
+        if not self.is_connected:
+            return False
+        data = memoryview(buffer)
+        if length is not None:
+            data = data[:length]
+        if self.queued_send_bytes + len(data) > self.MAX_SEND_QUEUE:
+            self.disconnect("send queue over MAX_SEND_QUEUE (peer not reading)")
+            return False
+        self._reserved += data
+        self._reserved_packets.append((len(data), packet_id_of(data)))
+        return True
+
+    def flush_send(self) -> bool:
+        """Send everything reserved as one operation; when a send is already in flight, the queued
+        packets follow as one send as soon as it completes."""
+        if not self.is_connected:
+            return False
+        if self._send_in_flight or not self._reserved:
+            return True
+        self._sending, self._reserved = self._reserved, self._sending
+        self._sending_packets, self._reserved_packets = self._reserved_packets, self._sending_packets
+        self._send_in_flight = True
+        self._send_ov.wsa_buf = memoryview(self._sending)
+        self.add_ref()
+        if not self.core.wsa_send(self, self._send_ov):
+            self._send_in_flight = False
+            self.release()
+            self.disconnect("send could not be posted")
+            return False
+        return True
+
+    def disconnect(self, reason: str = "") -> None:
+        """Disconnect(reason): close the connection; on_disconnect follows once all I/O finished."""
+        if self._disconnecting or (not self._connected and not self._connecting):
+            return
+        self._disconnecting = True
+        self.disconnect_reason = reason
+        self.add_ref()
+        if not self.core.disconnect_ex(self, self._disconnect_ov):
+            self.release()  # provider gone: nothing more will complete
+
+    def reset(self) -> None:
+        """Reset(): back to the pooled state. Subclasses reset their own fields and call super()."""
+        self.generation += 1
+        self.peer_address = None
+        self._connected = self._connecting = self._disconnecting = False
+        self._recv_len = 0
+        self._reserved.clear()
+        self._reserved_packets.clear()
+        self._sending_packets.clear()
+        self._send_in_flight = False
+        try:
+            self._sending.clear()
+        except BufferError:  # a stale view of the last send is still alive somewhere
+            self._sending = bytearray()
+
+    # ------------------------------------------------------------------ used by the listener
+    def accept(self, sock: socket.socket, address: Any) -> bool:
+        """Take an accepted connection (the AcceptEx completion, on the session's side)."""
+        core = self.coordinator.core if self.coordinator is not None else self.core
+        if core is None or not self.is_idle:
+            return False
+        self._sock = sock
+        self.peer_address = address
+        self.disconnect_reason = ""
+        if not core.register_iocp_object(self):
+            self._close_socket()
+            return False
+        self._registered = True
+        self._on_established()
+        return True
+
+    # ------------------------------------------------------------------ completions
+    def handle_iocp(self, overlapped: OverlappedEx, bytes_transferred: int) -> None:
+        io_type = overlapped.io_type
+        try:
+            if io_type == IoType.RECV:
+                self._recv_done(overlapped, bytes_transferred)
+            elif io_type == IoType.SEND:
+                self._send_done(overlapped, bytes_transferred)
+            elif io_type == IoType.CONNECT:
+                self._connect_done(overlapped)
+            elif io_type == IoType.DISCONNECT:
+                pass  # every earlier completion has been counted down already
+        finally:
+            self.release()
+
+    def on_iocp_error(self, overlapped: OverlappedEx, exc: BaseException) -> None:
+        # A callback raised: the session's state is unknown, so it goes (seed: session->Close()).
+        self.disconnect(f"handler raised {type(exc).__name__}: {exc}")
+
+    def _connect_done(self, overlapped: OverlappedEx) -> None:
+        self._connecting = False
+        if self._disconnecting:
+            return
+        if not overlapped.ok:
+            self.disconnect_reason = _describe_failure(overlapped)
+            self._disconnecting = True  # torn down in on_last_release (no on_disconnect)
+            self.on_connect(False)
+            return
+        self._on_established()
+
+    def _on_established(self) -> None:
+        self._connected = True
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # peer already gone: the first recv reports it
+        if self.coordinator is not None:
+            self.coordinator.on_session_connected(self)
+        self.on_connect(True)
+        if self.is_connected:
+            self._post_recv()
+
+    def _post_recv(self) -> None:
+        self._recv_ov.wsa_buf = memoryview(self._recv_buf)[self._recv_len :]
+        self.add_ref()
+        if not self.core.wsa_recv(self, self._recv_ov):
+            self.release()
+            self.disconnect("recv could not be posted")
+
+    def _recv_done(self, overlapped: OverlappedEx, nbytes: int) -> None:
+        overlapped.wsa_buf = None
+        if self._disconnecting:
+            return
+        if not overlapped.ok:
+            self.disconnect(_describe_failure(overlapped))
+            return
+        if nbytes == 0:
+            self.disconnect("closed by peer")
+            return
+        total = self._recv_len + nbytes
+        buf = self._recv_buf
+        consumed = self.on_recv(memoryview(buf)[:total], total)
+        if not isinstance(consumed, int) or consumed < 0 or consumed > total:
+            self.disconnect(f"on_recv returned {consumed!r} for {total} bytes")
+            return
+        rest = total - consumed
+        if rest and consumed:
+            buf[:rest] = buf[consumed:total]  # same length: no resize, views stay valid
+        self._recv_len = rest
+        if not self.is_connected:
+            return
+        if rest == len(buf):
+            self.disconnect(f"recv buffer full ({rest} bytes unconsumed)")
+            return
+        self._post_recv()
+
+    def _send_done(self, overlapped: OverlappedEx, nbytes: int) -> None:
+        view, overlapped.wsa_buf = overlapped.wsa_buf, None
+        if view is not None:
+            try:
+                view.release()
+            except BufferError:
+                pass  # a derived view still lives; the buffer is replaced in reset() if needed
+        self._send_in_flight = False
+        packets = self._sending_packets
+        try:
+            self._sending.clear()
+        except BufferError:
+            self._sending = bytearray()
+        if not overlapped.ok:
+            packets.clear()
+            if not self._disconnecting:
+                self.disconnect(_describe_failure(overlapped))
+            return
+        for length, packet_id in packets:
+            self.on_send(length, packet_id)
+        packets.clear()
+        if self._reserved and self.is_connected:
+            self.flush_send()
+
+    def on_last_release(self) -> None:
+        if self._disconnecting and self._sock is not None:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Every completion arrived: close, report, return to the coordinator."""
+        was_connected = self._connected
+        if self._registered and self.core is not None and not self.core.closed:
+            self.core.unregister_iocp_object(self)  # no-op when DisconnectEx detached it
+        self._close_socket()
+        self._connected = self._connecting = False
+        if was_connected:
+            try:
+                self.on_disconnect()
+            except Exception:
+                log.exception("on_disconnect raised", session=type(self).__name__)
+        if self.coordinator is not None:
+            self.coordinator.release_session(self)
+        else:
+            self.reset()
+
+    def _close_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        self._registered = False
+        if sock is not None:
+            sock.close()
