@@ -1,0 +1,728 @@
+"""io_uring backend: completion-native I/O through a cffi extension on liburing.
+
+Facts about io_uring that shaped this module:
+
+- Two rings shared with the kernel: the application writes submission queue entries (SQEs) and the
+  kernel posts completion queue entries (CQEs). One `io_uring_enter` submits every queued SQE and can
+  wait for completions in the same call, so all operations posted between two `process_completions`
+  calls reach the kernel together. The C side (`_uring_build.py`) prepares one SQE per FFI call and
+  reaps a whole batch of CQEs into a preallocated array per FFI call; Python unpacks that array with
+  `struct.iter_unpack`, never crossing the FFI boundary per field.
+- A CQE carries only the SQE's 64-bit `user_data`, `res` (bytes or -errno) and flags. `user_data` is
+  the operation id; internal requests (linked timeouts, cancels, the wake-up read, multishot accepts)
+  carry tag bits and the C reaper swallows the ones Python does not need.
+- The SQ has a fixed size: when it is full the queued SQEs are submitted (flushed) and the SQE is
+  prepared again. The CQ is larger; with IORING_FEAT_NODROP (5.5+) a full CQ parks completions in an
+  overflow list that the next enter flushes, so nothing is lost; the reaper drains the CQ fully.
+- The kernel reads and writes the caller's memory until the CQE arrives, whatever Python does with its
+  own references. Every in-flight operation therefore keeps its buffer (a memoryview plus the cffi
+  `from_buffer` handle, in `Operation.buf`/`Operation.token`) referenced from the pending table keyed
+  by its user_data, and `shutdown` cancels everything and waits for every CQE before the ring is
+  unmapped (if the kernel never confirms, the ring and the buffers are deliberately leaked).
+- A send on a stream socket may complete short. With MSG_WAITALL the kernel (5.19+) retries a short
+  send itself; a CQE that still reports fewer bytes is resubmitted for the rest. Two sends in flight
+  on one socket could interleave after a short write, so sends of one socket are issued one at a time,
+  in posting order (later ones wait in a per-socket queue).
+- Per-operation timeouts are linked timeouts (IOSQE_IO_LINK + IORING_OP_LINK_TIMEOUT): the kernel
+  cancels the operation, which completes with -ECANCELED, reported as TIMEOUT/CONNECTION_TIMEOUT.
+- Cancel is asynchronous (IORING_OP_ASYNC_CANCEL by user_data): the operation completes as CANCELLED
+  when its own -ECANCELED CQE arrives, exactly once. If it finished first it reports what it really
+  did (a recv that got data reports the data; nothing is lost).
+- Multishot accept (IORING_ACCEPT_MULTISHOT, 5.19+) posts one CQE per connection with IORING_CQE_F_MORE
+  while it stays armed. One `accept_async` consumes one accepted fd; extra fds wait for the next
+  `accept_async`, and the multishot request is cancelled when too many wait unclaimed.
+- Fixed buffers (`io_uring_register_buffers_sparse` once, then `..._update_tag` per buffer: the
+  kernel pins the pages once, instead of per operation) serve `send_async_registered` and
+  `recv_async_registered` through IORING_OP_WRITE_FIXED / READ_FIXED, which work on sockets.
+- Fixed files (`io_uring_register_files_sparse`, IOSQE_FIXED_FILE) save the per-operation fd lookup,
+  but the table holds a reference to the file: a registered socket closed without `unregister_socket`
+  would stay open (no FIN to the peer). So they are opt-in: `set_option("fixed_files", True)`.
+- In-flight requests also hold a file reference; closing a socket does not end its operations. That is
+  why unregistering (or re-registering a reused fd number) cancels them explicitly.
+- `post()` from another thread writes an eventfd that has a read SQE pending, so a blocked enter
+  returns; the base class coalesces wake-ups.
+- The ring can be unavailable although the library is installed: kernel.io_uring_disabled, seccomp
+  (ENOSYS/EPERM) or an old kernel. `probe()` creates and closes a tiny ring to find out.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import os
+import resource
+import socket
+import struct
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import structlog
+
+from framework.io.backends.base import Operation, QueuedProvider, SocketEntry, as_memoryview
+from framework.io.errors import BackendUnavailable, ErrorCode, map_errno
+from framework.io.provider import OpType, Status
+
+try:  # import-safe on every OS: the extension exists only where liburing was found at install
+    from framework.io.backends import _uring  # type: ignore[attr-defined]
+except ImportError as _exc:  # pragma: no cover - depends on the machine
+    _uring = None
+    _IMPORT_ERROR = str(_exc)
+else:
+    _IMPORT_ERROR = ""
+
+log = structlog.get_logger("framework.io")
+
+DISABLE_ENV = "FRAMEWORK_DISABLE_IO_URING"
+NOT_BUILT_REASON = (
+    "the _uring extension was not built: install liburing-dev (Debian) and reinstall: pip install -e ."
+)
+
+_CQE_BATCH = 256  # CQEs reaped per FFI call
+_CQE_SIZE = 16  # fw_cqe: u64 user_data, i32 res, u32 flags
+_CQE_FORMAT = "QiI"
+_MAX_FIXED_BUFFERS = 1024
+_ACCEPT_BACKLOG_CAP = 128  # accepted-but-unclaimed fds before multishot accept is paused
+_SHUTDOWN_WAIT_S = 5.0
+_CANCEL_ERRNOS = (errno.ECANCELED, errno.EINTR)
+
+_SUCCESS = Status.SUCCESS
+_RECV = OpType.RECV
+_SEND = OpType.SEND
+_ACCEPT = OpType.ACCEPT
+_CONNECT = OpType.CONNECT
+
+_probe_result: str | None = None  # "" = ring creation works; else the reason it does not
+_leaked: list[Any] = []  # rings (and their buffers) the kernel never released at shutdown
+
+
+def _kernel_version() -> tuple[int, int]:
+    try:
+        major, minor = os.uname().release.split(".")[:2]
+        return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+    except (ValueError, AttributeError):
+        return (0, 0)
+
+
+def _ring_probe() -> str:
+    """Why a ring cannot be created here ('' if it can); the answer is cached per process."""
+    global _probe_result
+    if _probe_result is None:
+        disabled = ""
+        try:
+            with open("/proc/sys/kernel/io_uring_disabled") as f:
+                disabled = f.read().strip()
+        except OSError:
+            pass
+        rc = _uring.lib.fw_probe()
+        if rc == 0:
+            _probe_result = ""
+        elif disabled in ("1", "2"):
+            _probe_result = f"kernel.io_uring_disabled={disabled} (io_uring_queue_init: {os.strerror(-rc)})"
+        elif rc in (-errno.ENOSYS, -errno.EPERM):
+            _probe_result = (
+                f"io_uring_queue_init failed with {errno.errorcode.get(-rc, rc)}: the kernel lacks io_uring"
+                " or a seccomp filter (container runtime) blocks it"
+            )
+        else:
+            _probe_result = f"io_uring_queue_init failed: {os.strerror(-rc)}"
+    return _probe_result
+
+
+def _pack_sockaddr(family: int, address: Any) -> bytes:
+    """struct sockaddr for IORING_OP_CONNECT (the kernel copies it when the SQE is submitted)."""
+    if family == socket.AF_INET:
+        host, port = address[0], address[1]
+        ip, port = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][:2]
+        return struct.pack("=H", family) + struct.pack("!H", port) + socket.inet_aton(ip) + bytes(8)
+    if family == socket.AF_INET6:
+        host, port = address[0], address[1]
+        info = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_STREAM)[0][4]
+        flowinfo = address[2] if len(address) > 2 else info[2]
+        scope_id = address[3] if len(address) > 3 else info[3]
+        return (
+            struct.pack("=H", family)
+            + struct.pack("!HI", info[1], flowinfo)
+            + socket.inet_pton(socket.AF_INET6, info[0])
+            + struct.pack("=I", scope_id)
+        )
+    if family == socket.AF_UNIX:
+        path = os.fsencode(address)
+        return struct.pack("=H", family) + path + (b"" if path.startswith(b"\0") else b"\0")
+    raise OSError(errno.EAFNOSUPPORT, f"address family {family} is not supported")
+
+
+class _UringSocket:
+    """Per-socket state (in `SocketEntry.state`)."""
+
+    __slots__ = ("accept_ud", "accept_waiters", "accepted", "io_fd", "send_queue", "sending", "slot")
+
+    def __init__(self, fd: int, slot: int) -> None:
+        self.slot = slot  # fixed-file slot, -1 = plain fd
+        self.io_fd = slot if slot >= 0 else fd  # what SQEs name
+        self.sending: Operation | None = None  # the one send of this socket in the kernel
+        # Created on first use: an empty deque costs ~600 bytes, per connection that adds up.
+        self.send_queue: deque[Operation] | None = None
+        self.accept_ud = 0  # user_data of the armed multishot accept, 0 = none
+        self.accept_waiters: deque[Operation] | None = None
+        self.accepted: deque[int] | None = None  # fds accepted by multishot, not yet claimed
+
+
+class IoUringProvider(QueuedProvider):
+    """Completion-native provider on io_uring (Linux 5.6+; multishot accept from 5.19)."""
+
+    name = "io_uring"
+
+    @classmethod
+    def probe(cls) -> None:
+        if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+            raise BackendUnavailable("io_uring", f"disabled by the environment ({DISABLE_ENV}=1)")
+        if not sys.platform.startswith("linux"):
+            raise BackendUnavailable("io_uring", f"io_uring exists only on Linux, not {sys.platform}")
+        if _uring is None:
+            raise BackendUnavailable("io_uring", NOT_BUILT_REASON + f" ({_IMPORT_ERROR})")
+        reason = _ring_probe()
+        if reason:
+            raise BackendUnavailable("io_uring", reason)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ffi: Any = None
+        self._lib: Any = None
+        self._ring: Any = None
+        self._cqes: Any = None
+        self._cqe_view: memoryview | None = None
+        self._wakefd = -1
+        self._wake_armed = False
+        self._cancelling: dict[int, tuple[Status, int]] = {}
+        self._listeners: dict[int, SocketEntry] = {}
+        self._multishot = False
+        self._features_found: frozenset[str] = frozenset()
+        self._use_fixed_files = False
+        self._file_slots: deque[int] = deque()
+        self._buffer_slots: deque[int] = deque()
+        self._fixed_buffer_of: dict[int, int] = {}  # buffer id -> kernel fixed-buffer index
+        self._multishot_accepts = 0
+        self._short_sends = 0
+        self._leaked_ring = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def _backend_open(self) -> None:
+        try:
+            self.probe()
+        except BackendUnavailable as exc:
+            raise OSError(errno.ENOSYS, exc.reason) from None
+        ffi, lib = _uring.ffi, _uring.lib
+        sq = 1 << max(1, (self._cq_size - 1).bit_length())  # power of two >= max_completion_queue_size
+        sq = min(sq, 4096)
+        cq = min(max(2 * sq, 4096), 65536)
+        err = ffi.new("int *")
+        ring = lib.fw_ring_new(sq, cq, err)
+        if ring == ffi.NULL:
+            raise OSError(-err[0], f"io_uring_queue_init: {os.strerror(-err[0])}")
+        self._ffi, self._lib, self._ring = ffi, lib, ring
+        self._cqes = ffi.new("fw_cqe[]", _CQE_BATCH)
+        self._cqe_view = memoryview(ffi.buffer(self._cqes))
+        try:
+            self._wakefd = os.eventfd(0, os.EFD_CLOEXEC)  # blocking: the kernel waits on it for us
+        except OSError:
+            lib.fw_ring_free(ring)
+            self._ring = None
+            raise
+        self._wake_armed = False
+        self._arm_wake()
+        feats = {
+            "BatchSubmit",
+            "AsyncCancel" if lib.fw_opcode_supported(ring, lib.IORING_OP_ASYNC_CANCEL) else "",
+        }
+        if lib.fw_opcode_supported(ring, lib.IORING_OP_LINK_TIMEOUT):
+            feats.add("LinkedTimeout")
+        if ring.features & lib.IORING_FEAT_NODROP:
+            feats.add("NoDropCompletions")
+        self._multishot = bool(lib.FW_HAVE_MULTISHOT_ACCEPT) and _kernel_version() >= (5, 19)
+        if self._multishot:
+            feats.add("MultishotAccept")
+        nfiles = min(self._max_connections + 64, resource.getrlimit(resource.RLIMIT_NOFILE)[0], 32768)
+        if lib.fw_register_files_sparse(ring, nfiles) == 0:
+            self._file_slots = deque(range(nfiles))
+            feats.add("FixedFileSet")
+        if lib.fw_register_buffers_sparse(ring, _MAX_FIXED_BUFFERS) == 0:
+            self._buffer_slots = deque(range(_MAX_FIXED_BUFFERS))
+            feats.add("BufferRegistration")
+        feats.discard("")
+        self._features_found = frozenset(feats)
+
+    def _backend_close(self) -> None:
+        wakefd, self._wakefd = self._wakefd, -1  # first, so a racing post() stops writing to it
+        if self._leaked_ring:
+            _leaked.append((self._ring, self._pending, wakefd))
+        else:
+            if wakefd >= 0:
+                os.close(wakefd)
+            if self._ring is not None:
+                self._lib.fw_ring_free(self._ring)
+        self._ring = None
+        self._cancelling.clear()
+        self._listeners.clear()
+        self._fixed_buffer_of.clear()
+
+    def _backend_cancel_all(self) -> None:
+        """Cancel every request the kernel holds and wait for every CQE (buffers stay pinned until
+        then). Operations not yet in the kernel complete at once."""
+        for op in list(self._pending.values()):
+            self._backend_cancel(op, Status.CANCELLED, 0)
+        lib, ring = self._lib, self._ring
+        deadline = time.monotonic() + _SHUTDOWN_WAIT_S
+        turn = 0
+        while ring.inflight > 0:
+            if time.monotonic() > deadline:
+                log.error(
+                    "io_uring requests not confirmed at shutdown; leaking the ring", inflight=ring.inflight
+                )
+                self._leaked_ring = True
+                return
+            if turn % 4 == 0:
+                # One cancel-any request (5.19+) sweeps whatever is left: multishot accepts, the
+                # wake-up read. Older kernels reject it; then each request is cancelled by user_data.
+                if lib.fw_prep_cancel(ring, 0, 1) == -errno.EBUSY:
+                    lib.fw_submit(ring)
+                    lib.fw_prep_cancel(ring, 0, 1)
+            elif turn % 4 == 2:
+                for ud in [*self._pending, *self._listeners, lib.FW_UD_WAKE]:
+                    self._prep_cancel(ud)
+            self._backend_poll(50)
+            turn += 1
+
+    # ------------------------------------------------------------------ sockets
+    def _backend_register(self, entry: SocketEntry) -> None:
+        slot = -1
+        if self._use_fixed_files and self._file_slots:
+            slot = self._file_slots.popleft()
+            if self._lib.fw_update_file(self._ring, slot, entry.fd) != 0:
+                self._file_slots.appendleft(slot)
+                slot = -1  # fall back to the plain fd
+        entry.state = _UringSocket(entry.fd, slot)
+
+    def _backend_unregister(self, entry: SocketEntry) -> None:
+        st: _UringSocket = entry.state
+        if st is None:
+            return
+        while st.accepted:
+            os.close(st.accepted.popleft())
+        if st.accept_ud:
+            self._listeners.pop(st.accept_ud, None)
+            if not self._closed:
+                self._prep_cancel(st.accept_ud)
+            st.accept_ud = 0
+        if st.slot >= 0 and self._ring is not None and not self._closed:
+            # Submit first: a queued SQE naming this slot must not meet the slot's next occupant.
+            self._lib.fw_submit(self._ring)
+            self._lib.fw_update_file(self._ring, st.slot, -1)
+            self._file_slots.append(st.slot)  # FIFO: a freed slot is reused as late as possible
+            st.slot = -1
+
+    # ------------------------------------------------------------------ operations
+    def _arm_timeout(self, op: Operation, timeout_ms: int | None) -> None:
+        # The kernel times operations (linked timeouts); the base heap serves only operations
+        # waiting in user space (queued sends).
+        if timeout_ms is not None and timeout_ms >= 0:
+            op.deadline = time.monotonic_ns() + timeout_ms * 1_000_000
+
+    def _flush(self) -> None:
+        """The SQ is full: hand the queued SQEs to the kernel so the SQE can be prepared again."""
+        rc = self._lib.fw_submit(self._ring)
+        if rc < 0 and rc not in (-errno.EINTR, -errno.EAGAIN, -errno.EBUSY):
+            raise OSError(-rc, f"io_uring_submit: {os.strerror(-rc)}")
+
+    def _backend_recv(self, op: Operation) -> None:
+        op.token = self._ffi.from_buffer(op.buf, require_writable=True)
+        st: _UringSocket = op.entry.state
+        tmo = max(0, op.deadline - time.monotonic_ns()) if op.deadline else -1
+        lib = self._lib
+        buf_index = op.address
+        if buf_index is None:
+            rc = lib.fw_prep_recv(self._ring, st.io_fd, st.slot >= 0, op.token, len(op.buf), op.op_id, tmo)
+            if rc == -errno.EBUSY:
+                self._flush()
+                rc = lib.fw_prep_recv(
+                    self._ring, st.io_fd, st.slot >= 0, op.token, len(op.buf), op.op_id, tmo
+                )
+        else:
+            args = (self._ring, st.io_fd, st.slot >= 0, op.token, len(op.buf), buf_index, op.op_id, tmo)
+            rc = lib.fw_prep_read_fixed(*args)
+            if rc == -errno.EBUSY:
+                self._flush()
+                rc = lib.fw_prep_read_fixed(*args)
+        if rc < 0:
+            self._fail(op, -rc)
+
+    def _backend_send(self, op: Operation) -> None:
+        st: _UringSocket = op.entry.state
+        if st.sending is not None:
+            if st.send_queue is None:
+                st.send_queue = deque()
+            st.send_queue.append(op)  # one send per socket in the kernel: bytes stay in order
+            if op.deadline:
+                self._push_timeout(op)
+            return
+        st.sending = op
+        op.token = self._ffi.from_buffer(op.buf)
+        self._submit_send(op, st)
+
+    def _submit_send(self, op: Operation, st: _UringSocket) -> None:
+        tmo = max(0, op.deadline - time.monotonic_ns()) if op.deadline else -1
+        lib = self._lib
+        remaining = len(op.buf) - op.done
+        buf_index = op.address
+        if buf_index is None:
+            args = (self._ring, st.io_fd, st.slot >= 0, op.token, op.done, remaining, op.op_id, tmo)
+            rc = lib.fw_prep_send(*args)
+            if rc == -errno.EBUSY:
+                self._flush()
+                rc = lib.fw_prep_send(*args)
+        else:
+            args = (
+                self._ring,
+                st.io_fd,
+                st.slot >= 0,
+                op.token,
+                op.done,
+                remaining,
+                buf_index,
+                op.op_id,
+                tmo,
+            )
+            rc = lib.fw_prep_write_fixed(*args)
+            if rc == -errno.EBUSY:
+                self._flush()
+                rc = lib.fw_prep_write_fixed(*args)
+        if rc < 0:
+            self._fail(op, -rc)
+            self._next_send(st)
+
+    def _next_send(self, st: _UringSocket) -> None:
+        st.sending = None
+        queue = st.send_queue
+        while queue:
+            op = queue.popleft()
+            if op.op_id not in self._pending:
+                continue
+            st.sending = op
+            op.token = self._ffi.from_buffer(op.buf)
+            self._submit_send(op, st)
+            return
+
+    def _push_timeout(self, op: Operation) -> None:
+        heapq.heappush(self._timeouts, (op.deadline, op.op_id))
+
+    def _backend_accept(self, op: Operation) -> None:
+        st: _UringSocket = op.entry.state
+        if not self._multishot:
+            rc = self._lib.fw_prep_accept(self._ring, st.io_fd, st.slot >= 0, 0, op.op_id)
+            if rc == -errno.EBUSY:
+                self._flush()
+                rc = self._lib.fw_prep_accept(self._ring, st.io_fd, st.slot >= 0, 0, op.op_id)
+            if rc < 0:
+                self._fail(op, -rc)
+            return
+        if st.accepted:
+            self._complete_accept(op, st.accepted.popleft())
+            return
+        if st.accept_waiters is None:
+            st.accept_waiters = deque()
+            st.accepted = deque()
+        st.accept_waiters.append(op)
+        if not st.accept_ud:
+            self._arm_multishot(op.entry)
+
+    def _arm_multishot(self, entry: SocketEntry) -> None:
+        st: _UringSocket = entry.state
+        ud = self._lib.FW_UD_ACCEPT_TAG | next(self._ids)
+        rc = self._lib.fw_prep_accept(self._ring, st.io_fd, st.slot >= 0, 1, ud)
+        if rc == -errno.EBUSY:
+            self._flush()
+            rc = self._lib.fw_prep_accept(self._ring, st.io_fd, st.slot >= 0, 1, ud)
+        if rc < 0:
+            while st.accept_waiters:
+                self._fail(st.accept_waiters.popleft(), -rc)
+            return
+        st.accept_ud = ud
+        self._listeners[ud] = entry
+
+    def _complete_accept(self, op: Operation, fd: int) -> None:
+        try:
+            conn = socket.socket(fileno=fd)
+        except OSError as exc:
+            os.close(fd)
+            self._fail(op, exc.errno or errno.EBADF)
+            return
+        conn.setblocking(False)
+        try:
+            addr = conn.getpeername()
+        except OSError:
+            addr = None  # the peer already left; the first recv will say so
+        self._complete(op, _SUCCESS, 0, 0, (conn, addr))
+
+    def _backend_connect(self, op: Operation) -> None:
+        st: _UringSocket = op.entry.state
+        try:
+            addr = _pack_sockaddr(op.sock.family, op.address)
+        except (OSError, TypeError, ValueError, IndexError) as exc:
+            code = exc.errno if isinstance(exc, OSError) and exc.errno and exc.errno > 0 else errno.EINVAL
+            self._fail(op, code)
+            return
+        op.token = self._ffi.from_buffer(addr)  # keeps `addr` alive until the CQE
+        tmo = max(0, op.deadline - time.monotonic_ns()) if op.deadline else -1
+        args = (self._ring, st.io_fd, st.slot >= 0, op.token, len(addr), op.op_id, tmo)
+        rc = self._lib.fw_prep_connect(*args)
+        if rc == -errno.EBUSY:
+            self._flush()
+            rc = self._lib.fw_prep_connect(*args)
+        if rc < 0:
+            self._fail(op, -rc)
+
+    def _prep_cancel(self, target_ud: int) -> None:
+        lib = self._lib
+        if lib.fw_prep_cancel(self._ring, target_ud, 0) == -errno.EBUSY:
+            self._flush()
+            lib.fw_prep_cancel(self._ring, target_ud, 0)
+
+    def _backend_cancel(self, op: Operation, status: Status, error_code: int) -> None:
+        op_id = op.op_id
+        if op_id in self._cancelling or op_id not in self._pending:
+            return
+        st: _UringSocket | None = op.entry.state if op.entry is not None else None
+        if st is not None:
+            # Not in the kernel yet: nothing to wait for.
+            if op.op_type == _SEND and st.sending is not op:
+                try:
+                    st.send_queue.remove(op)  # type: ignore[union-attr]
+                except (ValueError, AttributeError):
+                    pass
+                self._complete(op, status, op.done, error_code)
+                return
+            if op.op_type == _ACCEPT and self._multishot:
+                try:
+                    st.accept_waiters.remove(op)  # type: ignore[union-attr]
+                except (ValueError, AttributeError):
+                    pass
+                self._complete(op, status, 0, error_code)
+                return
+        self._cancelling[op_id] = (status, error_code)
+        self._prep_cancel(op_id)
+
+    # ------------------------------------------------------------------ completions
+    def _backend_poll(self, timeout_ms: int) -> None:
+        lib, ring, view = self._lib, self._ring, self._cqe_view
+        n = lib.fw_submit_wait_reap(ring, timeout_ms, self._cqes, _CQE_BATCH)
+        pending = self._pending
+        while True:
+            if n < 0:
+                raise OSError(-n, f"io_uring_enter: {os.strerror(-n)}")
+            for ud, res, flags in struct.iter_unpack(_CQE_FORMAT, view[: n * _CQE_SIZE]):
+                op = pending.get(ud)
+                if op is None:
+                    self._internal_cqe(ud, res, flags)
+                elif res < 0:
+                    self._op_failed(op, -res)
+                elif op.op_type is _RECV:
+                    self._complete(op, _SUCCESS, res, 0)
+                elif op.op_type is _SEND:
+                    self._send_progress(op, res)
+                elif op.op_type is _CONNECT:
+                    self._complete(op, _SUCCESS, 0, 0)
+                else:  # single-shot accept
+                    if op.op_id in self._cancelling and self._closed:
+                        os.close(res)
+                        self._op_failed(op, errno.ECANCELED)
+                    else:
+                        self._complete_accept(op, res)
+            if n < _CQE_BATCH:
+                break
+            n = lib.fw_reap(ring, self._cqes, _CQE_BATCH)
+        if self._cancelling:
+            for op_id in [i for i in self._cancelling if i not in pending]:
+                del self._cancelling[op_id]
+
+    def _send_progress(self, op: Operation, res: int) -> None:
+        op.done += res
+        st: _UringSocket = op.entry.state
+        if op.done < len(op.buf) and res > 0 and op.op_id not in self._cancelling and not self._closed:
+            self._short_sends += 1
+            self._submit_send(op, st)  # the rest of a short send, same operation id
+            return
+        if op.done < len(op.buf) and op.op_id in self._cancelling:
+            status, code = self._cancelling.pop(op.op_id)
+            self._complete(op, status, op.done, code)
+        elif op.done < len(op.buf) and res == 0:
+            self._complete(op, Status.ERROR, op.done, map_errno(errno.EPIPE))
+        else:
+            self._complete(op, _SUCCESS, op.done, 0)
+        if st.sending is op:
+            self._next_send(st)
+
+    def _op_failed(self, op: Operation, err: int) -> None:
+        requested = self._cancelling.pop(op.op_id, None)
+        if requested is not None:
+            status, code = requested
+            self._complete(op, status, op.done, code)
+        elif err in _CANCEL_ERRNOS and op.deadline:
+            self._complete(op, Status.TIMEOUT, op.done, ErrorCode.CONNECTION_TIMEOUT)  # linked timeout
+        elif err in _CANCEL_ERRNOS:
+            self._complete(op, Status.CANCELLED, op.done, 0)
+        else:
+            self._fail(op, err)
+        if op.op_type is _SEND:
+            st: _UringSocket = op.entry.state
+            if st.sending is op:
+                self._next_send(st)
+
+    def _internal_cqe(self, ud: int, res: int, flags: int) -> None:
+        lib = self._lib
+        if ud == lib.FW_UD_WAKE:
+            self._wake_armed = False
+            if not self._closed:
+                self._arm_wake()
+            return
+        if ud & lib.FW_UD_ACCEPT_TAG:
+            self._multishot_cqe(ud, res, flags)
+            return
+        # Otherwise a late CQE of an operation already completed: nothing references it.
+
+    def _multishot_cqe(self, ud: int, res: int, flags: int) -> None:
+        entry = self._listeners.get(ud)
+        if entry is None:  # the listener was unregistered while connections kept arriving
+            if res >= 0:
+                os.close(res)
+            return
+        st: _UringSocket = entry.state
+        if not flags & self._lib.IORING_CQE_F_MORE:
+            del self._listeners[ud]
+            st.accept_ud = 0
+        if res >= 0:
+            self._multishot_accepts += 1
+            if self._closed:
+                os.close(res)
+            elif st.accept_waiters:
+                self._complete_accept(st.accept_waiters.popleft(), res)
+            else:
+                st.accepted.append(res)
+                if len(st.accepted) >= _ACCEPT_BACKLOG_CAP and st.accept_ud:
+                    self._prep_cancel(st.accept_ud)  # nobody accepts: leave the rest in the backlog
+        elif -res not in _CANCEL_ERRNOS and st.accept_waiters:
+            self._fail(st.accept_waiters.popleft(), -res)
+        if not st.accept_ud and st.accept_waiters and not self._closed:
+            self._arm_multishot(entry)
+
+    def _arm_wake(self) -> None:
+        if self._wake_armed or self._wakefd < 0:
+            return
+        rc = self._lib.fw_prep_wake_read(self._ring, self._wakefd)
+        if rc == -errno.EBUSY:
+            self._flush()
+            rc = self._lib.fw_prep_wake_read(self._ring, self._wakefd)
+        self._wake_armed = rc == 0
+
+    def _backend_wakeup(self) -> None:
+        fd = self._wakefd
+        if fd >= 0:
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:
+                pass  # closed by a concurrent shutdown: nothing left to wake
+
+    # ------------------------------------------------------------------ registered buffers
+    def register_buffer(self, buffer: bytearray | memoryview) -> int:
+        buffer_id = super().register_buffer(buffer)
+        if buffer_id < 0 or not self.initialized or not self._buffer_slots:
+            return buffer_id
+        mv = self._buffers[buffer_id]
+        slot = self._buffer_slots.popleft()
+        handle = self._ffi.from_buffer(mv, require_writable=True)
+        if self._lib.fw_update_buffer(self._ring, slot, handle, len(mv)) != 0:
+            self._buffer_slots.appendleft(slot)  # e.g. RLIMIT_MEMLOCK: stays a user-space registration
+            return buffer_id
+        self._fixed_buffer_of[buffer_id] = slot
+        return buffer_id
+
+    def unregister_buffer(self, buffer_id: int) -> bool:
+        slot = self._fixed_buffer_of.pop(buffer_id, None)
+        if slot is not None and self._ring is not None:
+            # In-flight operations keep the kernel's reference (and their memoryview) until done.
+            self._lib.fw_update_buffer(self._ring, slot, self._ffi.NULL, 0)
+            self._buffer_slots.append(slot)
+        return super().unregister_buffer(buffer_id)
+
+    def send_async_registered(self, sock, buffer_id, offset, length, callback=None, context=None) -> int:
+        return self._registered_op(_SEND, sock, buffer_id, offset, length, callback, context)
+
+    def recv_async_registered(self, sock, buffer_id, offset, max_length, callback=None, context=None) -> int:
+        return self._registered_op(_RECV, sock, buffer_id, offset, max_length, callback, context)
+
+    def _registered_op(self, op_type, sock, buffer_id, offset, length, callback, context) -> int:
+        if not self.initialized:
+            self.last_error = "provider is not initialized"
+            return 0
+        view = self._registered_slice(buffer_id, offset, length)
+        if view is None:
+            self.last_error = f"buffer {buffer_id} [{offset}:{offset + length}] is not registered"
+            return 0
+        slot = self._fixed_buffer_of.get(buffer_id)
+        if slot is None:  # the kernel refused the registration: plain send/recv on the view
+            if op_type is _SEND:
+                return self.send_async(sock, view, callback, context)
+            return self.recv_async(sock, view, callback, context)
+        op = self._new_op(op_type, sock, as_memoryview(view), callback, context)
+        if op.entry is None:
+            return op.op_id
+        op.address = slot  # a registered-buffer op: `address` holds the fixed-buffer index
+        if op_type is _SEND:
+            self._backend_send(op)
+        elif length == 0:
+            self._complete(op, Status.ERROR, 0, ErrorCode.BUFFER_TOO_SMALL)
+        else:
+            self._backend_recv(op)
+        return op.op_id
+
+    # ------------------------------------------------------------------ options, statistics
+    def _features(self) -> frozenset[str]:
+        return super()._features() | self._features_found
+
+    def _backend_set_option(self, name: str, value: Any) -> bool:
+        if name == "fixed_files":
+            if value and "FixedFileSet" not in self._features_found and self._ring is not None:
+                return False
+            self._use_fixed_files = bool(value)  # applies to sockets registered from now on
+            return True
+        return False
+
+    def _backend_statistics(self) -> dict[str, Any]:
+        ring = self._ring
+        counters: dict[str, Any] = {"submits": 0, "enters": 0, "sq_full": 0, "cqe_reaped": 0, "sqes": 0}
+        if ring is not None:
+            counters = {
+                "submits": ring.submits,
+                "enters": ring.enters,
+                "sq_full": ring.sq_full,
+                "cqe_reaped": ring.cqe_reaped,
+                "sqes": ring.sqes,
+                "inflight_requests": ring.inflight,
+                "linked_timeouts_fired": ring.timeouts_fired,
+                "sq_entries": ring.sq_entries,
+                "cq_entries": ring.cq_entries,
+            }
+        counters.update(
+            {
+                "multishot_accepts": self._multishot_accepts,
+                "short_sends": self._short_sends,
+                "fixed_buffers": len(self._fixed_buffer_of),
+                "fixed_files": sum(
+                    1 for e in self._sockets.values() if e.state is not None and e.state.slot >= 0
+                ),
+            }
+        )
+        return counters
+
+
+__all__ = ["DISABLE_ENV", "NOT_BUILT_REASON", "IoUringProvider"]
