@@ -28,6 +28,17 @@ setup: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m examples.gameserver $(if $(CONFIG),--config $(CONFIG),)
 
+# Load test: starts the game server, runs locust headless, writes reports/loadtest/, stops the server.
+USERS ?= 50
+SPAWN ?= 10
+TIME  ?= 30s
+loadtest: $(STAMP)
+	$(PY) loadtests/run.py --users $(USERS) --spawn-rate $(SPAWN) --time $(TIME) $(if $(CONFIG),--config $(CONFIG),)
+
+# Benchmarks against asyncio and uvloop (needs gcc and taskset; minutes). BENCH_ARGS=--quick for a smoke run.
+bench: $(STAMP)
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 

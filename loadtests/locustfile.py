@@ -1,0 +1,215 @@
+"""Locust load test for the example game server.
+
+Each simulated user is one player on a plain blocking TCP socket (examples.gameserver.client): locust
+runs users as gevent greenlets and monkeypatches `socket`, so blocking calls yield to other users and
+no asyncio loop is involved. Every task fires a locust request event (request_type "game") with its
+timing, or a failure with the reason:
+
+- connect, hello, join: the request until its reply (join picks a room with space or creates one);
+- move: a direction input until the first snapshot whose acknowledged input seq for this player
+  reaches it, i.e. until the server's simulation has applied it (bounded by one tick + RTT);
+- chat: the chat line until it comes back in the room's broadcast;
+- ping: round trip of ping/pong.
+
+Run headless (see loadtests/run.py and `make loadtest`):
+    locust -f loadtests/locustfile.py --headless -u 20 -r 10 -t 10s --host 127.0.0.1:7777
+Environment: GAME_ROOM_SIZE (players a user aims for per room, default 8), GAME_TIMEOUT_S (seconds
+a reply may take before it counts as a failure, default 5).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+# The locustfile's folder is on sys.path, the repository root is not.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from locust import User, between, task
+
+from examples.gameserver.client import GameClient, ServerError
+
+ROOM_SIZE = int(os.environ.get("GAME_ROOM_SIZE", "8"))
+TIMEOUT = float(os.environ.get("GAME_TIMEOUT_S", "5"))
+REQUEST_TYPE = "game"
+_room_ids = itertools.count(1)
+
+
+def parse_host(host: str | None) -> tuple[str, int]:
+    """'127.0.0.1:7777', 'tcp://127.0.0.1:7777' or '[::1]:7777' -> (address, port)."""
+    if not host:
+        raise ValueError("no host: pass --host ADDRESS:PORT")
+    parts = urlsplit(host if "//" in host else f"tcp://{host}")
+    if parts.hostname is None or parts.port is None:
+        raise ValueError(f"host must be ADDRESS:PORT, got {host!r}")
+    return parts.hostname, parts.port
+
+
+class GamePlayer(User):
+    wait_time = between(0.1, 0.5)
+
+    def on_start(self) -> None:
+        self.client: GameClient | None = None
+        self.player_id = 0
+        self.seq = 0
+        self.room: str | None = None
+        self._connect()
+
+    def on_stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    # --- plumbing ------------------------------------------------------------------------------
+    def _fire(self, name: str, started: float, length: int = 0, exception: Exception | None = None) -> None:
+        self.environment.events.request.fire(
+            request_type=REQUEST_TYPE,
+            name=name,
+            response_time=(time.perf_counter() - started) * 1000.0,
+            response_length=length,
+            exception=exception,
+            context={},
+        )
+
+    def _timed(self, name: str, fn: Any) -> Any:
+        """Run fn(), report it as request `name`; a failure is reported and the connection dropped
+        when it may be out of step (timeouts, lost connections)."""
+        started = time.perf_counter()
+        client = self.client
+        before = client.bytes_in if client is not None else 0
+        try:
+            result = fn()
+        except ServerError as exc:
+            self._fire(name, started, exception=exc)
+            return None
+        except (OSError, ValueError) as exc:  # TimeoutError, ConnectionError, codec errors
+            self._fire(name, started, exception=exc)
+            self._drop()
+            return None
+        after = self.client.bytes_in if self.client is not None else before
+        self._fire(name, started, length=after - before)
+        return result
+
+    def _drop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.client = None
+        self.room = None
+
+    def _connect(self) -> bool:
+        host, port = parse_host(self.host)
+
+        def connect() -> GameClient:
+            return GameClient(host, port, timeout=TIMEOUT)
+
+        self.client = self._timed("connect", connect)
+        if self.client is None:
+            return False
+        name = f"lt-{uuid.uuid4().hex[:12]}"
+        welcome = self._timed("hello", lambda: self.client.hello(name))
+        if welcome is None:
+            self._drop()
+            return False
+        self.player_id = welcome["id"]
+        return self._join()
+
+    def _ready(self) -> bool:
+        if self.client is None and not self._connect():
+            return False
+        return self.room is not None or self._join()
+
+    def _pick_room(self) -> tuple[str, bool]:
+        assert self.client is not None
+        rooms = self.client.request({"type": "list_rooms"})["rooms"]
+        # A margin of two seats keeps concurrent joiners from racing each other into room_full.
+        candidates = [
+            r["name"]
+            for r in rooms
+            if r["name"].startswith("lt")
+            and r["name"] != self.room
+            and r["players"] < min(ROOM_SIZE, r["max_players"] - 2)
+        ]
+        if candidates:
+            return random.choice(candidates), False
+        return f"lt{os.getpid()}-{next(_room_ids)}", True
+
+    def _join(self) -> bool:
+        def join() -> dict[str, Any]:
+            assert self.client is not None
+            room, create = self._pick_room()
+            return self.client.request({"type": "join", "room": room, "create": create})
+
+        joined = self._timed("join", join)
+        if joined is None:
+            return False
+        self.room = joined["room"]
+        return True
+
+    # --- tasks ---------------------------------------------------------------------------------
+    @task(1)
+    def join(self) -> None:
+        """Move to another room (or open a new one)."""
+        if self.client is None:
+            self._connect()
+            return
+        self._join()
+
+    @task(6)
+    def move(self) -> None:
+        if not self._ready():
+            return
+        client = self.client
+        assert client is not None
+        self.seq += 1
+        seq, me = self.seq, self.player_id
+        angle = random.uniform(0.0, 2.0 * math.pi)
+
+        def move() -> None:
+            client.send({"type": "move", "dir": [math.cos(angle), math.sin(angle)], "seq": seq})
+            client.wait_for(
+                lambda m: (
+                    m.get("type") == "snapshot"
+                    and any(row[0] == me and row[3] >= seq for row in m["players"])
+                )
+            )
+
+        self._timed("move", move)
+
+    @task(1)
+    def chat(self) -> None:
+        if not self._ready():
+            return
+        client = self.client
+        assert client is not None
+        text = f"hello {uuid.uuid4().hex[:8]}"
+        me = self.player_id
+
+        def chat() -> None:
+            client.send({"type": "chat", "text": text})
+            # The error check makes a rejected chat (e.g. rate_limited) fail fast with its reason.
+            reply = client.wait_for(
+                lambda m: (
+                    (m.get("type") == "chat" and m.get("from") == me and m.get("text") == text)
+                    or m.get("type") == "error"
+                )
+            )
+            if reply.get("type") == "error":
+                raise ServerError(reply)
+
+        self._timed("chat", chat)
+
+    @task(2)
+    def ping(self) -> None:
+        if not self._ready():
+            return
+        client = self.client
+        assert client is not None
+        self._timed("ping", lambda: client.request({"type": "ping", "t": time.time()}))
