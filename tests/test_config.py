@@ -79,7 +79,7 @@ def test_every_shipped_config_loads_and_round_trips(path: Path, tmp_path: Path):
                 "backend": "io_uring",
                 "fallback": True,
                 "hosts": ["0.0.0.0", "::"],
-                "workers": 2,
+                "workers": 1,
                 "format": "json",
             },
         ),
