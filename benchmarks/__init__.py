@@ -1,0 +1,1 @@
+"""Reproducible benchmarks of the framework against asyncio and uvloop (see benchmarks/README.md)."""
