@@ -1,0 +1,185 @@
+"""Sans-IO wire codec: bytes in, messages out; messages in, frames out.
+
+A frame is a 4-byte unsigned big-endian payload length, then the payload. A zero-length frame is a
+heartbeat: it counts as a complete frame (it keeps a connection out of the idle timeout) but is
+never delivered as a message. The payload is one msgpack object (default codec) or opaque bytes
+("raw" codec).
+
+Safety: a frame that announces more than `max_frame_size` is a `ProtocolError` as soon as its header
+is seen; the decoder only ever buffers bytes that actually arrived, so a hostile length never makes
+it allocate. msgpack payloads are decoded with every Unpacker limit set from config.
+
+Speed: `FrameDecoder.feed` decodes every complete frame of one recv in a single pass, straight out
+of the caller's (reused) receive buffer; only an incomplete tail is copied, into one bytearray.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+HEADER = struct.Struct(">I")
+HEADER_SIZE = HEADER.size
+MAX_U32 = 0xFFFFFFFF
+HEARTBEAT_FRAME = b"\x00\x00\x00\x00"
+
+_unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack
+_packb = msgpack.packb
+
+
+class ProtocolError(Exception):
+    """The peer broke the wire protocol; the session that received it is closed with this reason."""
+
+
+def encode_frame(payload: bytes | bytearray | memoryview) -> bytes:
+    """One complete frame (header + payload) for a raw payload."""
+    n = len(payload)
+    if n > MAX_U32:
+        raise ValueError(f"payload of {n} bytes does not fit a u32 frame header")
+    return _pack_header(n) + bytes(payload)
+
+
+def encode_message(msg: Any) -> bytes:
+    """One complete msgpack frame: used where a message is encoded once for many sessions."""
+    payload = _packb(msg)
+    return _pack_header(len(payload)) + payload
+
+
+class MsgpackPayloadDecoder:
+    """Decodes one payload into exactly one msgpack object, with every Unpacker limit applied.
+
+    One Unpacker is reused for every payload (feed + unpack is as fast as `unpackb` without
+    per-call keyword parsing); after any error it is replaced, so no half-parsed state leaks into
+    the next frame.
+    """
+
+    __slots__ = ("_limits", "_unpacker")
+
+    def __init__(
+        self,
+        *,
+        max_frame_size: int,
+        max_str_len: int,
+        max_bin_len: int,
+        max_array_len: int,
+        max_map_len: int,
+        max_ext_len: int,
+    ) -> None:
+        self._limits = {
+            "max_buffer_size": max(1, max_frame_size),
+            "max_str_len": max_str_len,
+            "max_bin_len": max_bin_len,
+            "max_array_len": max_array_len,
+            "max_map_len": max_map_len,
+            "max_ext_len": max_ext_len,
+        }
+        self._unpacker = msgpack.Unpacker(**self._limits)
+
+    def __call__(self, payload: memoryview) -> Any:
+        unpacker = self._unpacker
+        try:
+            unpacker.feed(payload)
+            start = unpacker.tell()
+            obj = unpacker.unpack()
+            if unpacker.tell() - start != len(payload):
+                raise ProtocolError("malformed msgpack: extra bytes after the message")
+            return obj
+        except ProtocolError:
+            self._unpacker = msgpack.Unpacker(**self._limits)
+            raise
+        except msgpack.OutOfData:
+            self._unpacker = msgpack.Unpacker(**self._limits)
+            raise ProtocolError("malformed msgpack: truncated message") from None
+        except Exception as exc:  # FormatError, StackError, limit ValueErrors, unhashable keys ...
+            self._unpacker = msgpack.Unpacker(**self._limits)
+            raise ProtocolError(f"malformed msgpack: {exc}") from None
+
+
+def raw_payload(payload: memoryview) -> bytes:
+    """Raw codec: the payload as owned bytes (the receive buffer it came from is reused)."""
+    return payload.tobytes()
+
+
+class FrameDecoder:
+    """Incremental frame splitter. `feed(data, out)` appends each complete frame's decoded payload
+    to `out` and returns the number of complete frames (heartbeats included)."""
+
+    __slots__ = ("_buf", "_decode", "max_frame_size")
+
+    def __init__(self, max_frame_size: int, decode: Callable[[memoryview], Any] = raw_payload) -> None:
+        self.max_frame_size = max_frame_size
+        self._decode = decode
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete frame held back for the next feed."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview, out: list[Any]) -> int:
+        buf = self._buf
+        if not buf:
+            mv = data if isinstance(data, memoryview) else memoryview(data)
+            used, frames = self._split(mv, out)
+            if used < len(mv):
+                buf += mv[used:]
+                self._check_pending_header()
+            return frames
+        buf += data
+        with memoryview(buf) as mv:
+            used, frames = self._split(mv, out)
+        if used:
+            del buf[:used]
+        self._check_pending_header()
+        return frames
+
+    def _split(self, mv: memoryview, out: list[Any]) -> tuple[int, int]:
+        """Decode complete frames from the start of `mv`; returns (bytes used, frames)."""
+        pos = 0
+        end = len(mv)
+        frames = 0
+        limit = self.max_frame_size
+        decode = self._decode
+        append = out.append
+        while end - pos >= HEADER_SIZE:
+            (n,) = _unpack_header(mv, pos)
+            if n > limit:
+                raise ProtocolError(f"frame of {n} bytes exceeds max_frame_size {limit}")
+            stop = pos + HEADER_SIZE + n
+            if stop > end:
+                break
+            frames += 1
+            if n:
+                append(decode(mv[pos + HEADER_SIZE : stop]))
+            pos = stop
+        return pos, frames
+
+    def _check_pending_header(self) -> None:
+        # An oversized announcement is rejected as soon as its header is complete, even before
+        # any of its payload arrives.
+        buf = self._buf
+        if len(buf) >= HEADER_SIZE:
+            (n,) = _unpack_header(buf, 0)
+            if n > self.max_frame_size:
+                raise ProtocolError(f"frame of {n} bytes exceeds max_frame_size {self.max_frame_size}")
+
+
+def make_payload_decoder(codec: str, session_settings: Any) -> Callable[[memoryview], Any]:
+    """The payload decoder for a codec name, with limits from `settings.session`."""
+    if codec == "raw":
+        return raw_payload
+    if codec == "msgpack":
+        s = session_settings
+        return MsgpackPayloadDecoder(
+            max_frame_size=s.max_frame_size,
+            max_str_len=s.max_str_len,
+            max_bin_len=s.max_bin_len,
+            max_array_len=s.max_array_len,
+            max_map_len=s.max_map_len,
+            max_ext_len=s.max_ext_len,
+        )
+    raise ValueError(f"unknown codec {codec!r}; expected 'msgpack' or 'raw'")

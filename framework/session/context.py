@@ -1,0 +1,49 @@
+"""Generation-checked operation contexts (the seed's SessionContext, CASE 3.1).
+
+Every operation posted for a session carries that session's `OpContext` as its provider
+`user_context`. The context names the session by `SessionId` (slot, generation) and holds it only
+through a weak reference, so neither the provider nor a pending operation keeps a closed session
+alive. A completion is delivered only if the registry's generation for the slot still equals the
+context's: a completion that outlives its session (or arrives after the slot was reused) is stale.
+
+One context serves every operation of one session (no allocation per operation); it also owns the
+bookkeeping that must survive the session: the socket, the receive buffer on loan from the pool
+and the count of operations still in flight, so the socket is closed and the buffer returned only
+after the kernel has finished with them.
+"""
+
+from __future__ import annotations
+
+import socket
+import weakref
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from framework.session.buffers import Buffer
+
+
+class SessionId(NamedTuple):
+    slot: int
+    generation: int
+
+    def __str__(self) -> str:
+        return f"{self.slot}:{self.generation}"
+
+
+class OpContext:
+    """The user_context of every provider operation of one session."""
+
+    __slots__ = ("closed", "generation", "id", "pending", "recv_buf", "ref", "slot", "sock")
+
+    def __init__(self, session_id: SessionId, session: Any, sock: socket.socket) -> None:
+        self.id = session_id
+        self.slot = session_id.slot
+        self.generation = session_id.generation
+        self.ref: weakref.ReferenceType[Any] = weakref.ref(session)
+        self.sock: socket.socket | None = sock
+        self.recv_buf: Buffer | None = None  # on loan while a recv is in flight
+        self.pending = 0  # provider operations posted and not yet completed
+        self.closed = False  # the session is finished; close the socket when pending reaches 0
+
+    def __repr__(self) -> str:
+        return f"OpContext({self.id}, pending={self.pending}, closed={self.closed})"

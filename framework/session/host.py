@@ -1,0 +1,938 @@
+"""SessionHost: the completion loop shared by Server and Client.
+
+It owns the provider, the registry, the receive-buffer pool, the timer heap and a tiny coroutine
+scheduler, and turns provider completions into session events. Only the provider contract is used
+(no backend-specific code), so every backend runs the same session layer.
+
+One loop turn: process_completions (callbacks below run inside it: decode, dispatch, re-post the
+receive) -> due timers -> runnable coroutines -> deferred receives (buffer backpressure) -> flush:
+every session with queued output gets one gathered send. A session keeps at most one send in flight,
+so frames stay in order and whatever is queued meanwhile leaves together in the next send.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Generator
+from typing import Any
+
+import msgpack
+import structlog
+
+from framework.io.errors import ErrorCode, ProviderError, describe
+from framework.io.provider import AsyncIOProvider, CompletionResult, Status
+from framework.session.buffers import BufferPool
+from framework.session.codec import HEARTBEAT_FRAME, FrameDecoder, ProtocolError, make_payload_decoder
+from framework.session.context import OpContext
+from framework.session.registry import SessionRegistry
+from framework.session.session import CLOSED, CLOSING, CONNECTING, OPEN, Session
+
+log = structlog.get_logger("framework.session")
+
+_monotonic = time.monotonic
+_SUCCESS = Status.SUCCESS
+_DRAIN_LINGER_S = 0.5
+_MAX_ATTEMPTS = 3  # process_completions attempts per loop turn before the loop gives up
+_RETRY_BACKOFF_S = 0.010
+_ERROR_RATE_WINDOW = 200  # loop calls per error-rate check
+_ERROR_RATE_PERCENT = 5  # after the last FIN of a shutdown, how long peers get to close their side
+
+
+# ---------------------------------------------------------------------------------------------- timers
+class Timer:
+    """Handle of a call_later / call_every callback."""
+
+    __slots__ = ("_host", "cancelled", "fn", "interval", "when")
+
+    def __init__(self, host: SessionHost, when: float, fn: Callable[[], Any], interval: float) -> None:
+        self._host = host
+        self.when = when
+        self.fn = fn
+        self.interval = interval
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.fn = _noop  # drop references (a cancelled timer stays in the heap until due)
+
+    def __repr__(self) -> str:
+        return f"Timer(when={self.when:.3f}, interval={self.interval}, cancelled={self.cancelled})"
+
+
+def _noop() -> None:
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- futures
+class LoopFuture:
+    """A result that a coroutine on the loop can await (`await fut`). Loop-thread only."""
+
+    __slots__ = ("_callbacks", "_done", "_exception", "_result")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._callbacks: list[Callable[[LoopFuture], Any]] = []
+
+    def done(self) -> bool:
+        return self._done
+
+    def result(self) -> Any:
+        if not self._done:
+            raise RuntimeError("future is not done")
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+    def set_result(self, value: Any = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._result = value
+        self._fire()
+
+    def set_exception(self, exc: BaseException) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._exception = exc
+        self._fire()
+
+    def add_done_callback(self, fn: Callable[[LoopFuture], Any]) -> None:
+        if self._done:
+            fn(self)
+        else:
+            self._callbacks.append(fn)
+
+    def _fire(self) -> None:
+        callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn(self)
+
+    def __await__(self) -> Generator[LoopFuture, None, Any]:
+        if not self._done:
+            yield self
+        return self.result()
+
+
+class Task:
+    """A handler coroutine driven by the loop (coro.send(None) per step)."""
+
+    __slots__ = ("coro", "done", "session", "throw")
+
+    def __init__(self, coro: Any, session: Session | None) -> None:
+        self.coro = coro
+        self.session = session  # None: detached (e.g. an async on_disconnected)
+        self.done = False
+        self.throw: BaseException | None = None  # thrown into the coroutine at its next step
+
+
+# ---------------------------------------------------------------------------------------------- host
+class SessionHost:
+    """Completion loop + sessions. Server and Client subclass it."""
+
+    def __init__(self, settings: Any, session_class: type[Session], *, provider: AsyncIOProvider | None = None):
+        if not (isinstance(session_class, type) and issubclass(session_class, Session)):
+            raise TypeError(f"session_class must be a Session subclass, got {session_class!r}")
+        self.settings = settings
+        self.session_class = session_class
+        self.provider: AsyncIOProvider | None = provider
+        self._own_provider = provider is None
+        self.registry = SessionRegistry()
+        self.pool: BufferPool | None = None
+        s = settings.session
+        self._write_high = s.write_high_water
+        self._write_low = s.write_low_water
+        self._write_cap = s.write_hard_cap
+        self._idle_timeout = float(s.idle_timeout_s)
+        self._heartbeat = float(s.heartbeat_interval_s)
+        self._drain_timeout = float(settings.shutdown.drain_timeout_s)
+        self._close_errors = s.handler_errors == "close"
+        self._batch = settings.io.completion_batch
+        self._poll_ms = settings.io.poll_timeout_ms
+        self._payload_decoders: dict[str, Any] = {}
+        self._packb = msgpack.Packer().pack  # reused: faster than msgpack.packb per message
+        self._results: list[CompletionResult] = []
+        self._dirty: list[Session] = []
+        self._closing: set[Session] = set()
+        self._starved: deque[OpContext] = deque()
+        self._starving = False
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timer_seq = itertools.count()
+        self._ready_tasks: deque[Task] = deque()
+        self._running = False
+        self._started = False
+        self._closed = False
+        self.now = _monotonic()
+        # counters (plain ints on the hot path; `stats` assembles them)
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.sessions_opened = 0
+        self.sessions_closed = 0
+        self.handler_errors = 0
+        self.protocol_errors = 0
+        self.slow_consumers = 0
+        self.idle_timeouts = 0
+        self.recv_deferred = 0
+        self.provider_failures = 0
+        self._loop_calls = 0
+        self._loop_failures = 0
+
+    # ------------------------------------------------------------------ setup
+    def _open_provider(self) -> AsyncIOProvider:
+        io = self.settings.io
+        provider = self.provider
+        if provider is None:
+            from framework.io.factory import create_provider
+
+            provider = create_provider(io.backend, fallback=io.fallback)
+            self.provider = provider
+        # Headroom over max_connections for listeners and outgoing sockets.
+        if not getattr(provider, "initialized", False) and not provider.initialize(
+            io.max_connections + 64, io.completion_queue_size
+        ):
+            raise ProviderError(f"{provider.name}: initialize failed: {getattr(provider, 'last_error', '')}")
+        for name, value in io.options.items():
+            if not provider.set_option(name, value):
+                log.warning("provider option not supported", backend=provider.name, option=name, value=value)
+        b = self.settings.buffers
+        self.pool = BufferPool(
+            provider,
+            b.recv_buffer_size,
+            b.initial_buffers,
+            b.max_buffers,
+            register=b.register_with_kernel,
+        )
+        self.now = _monotonic()
+        if self._idle_timeout > 0 or self._heartbeat > 0 or self._drain_timeout > 0:
+            self.call_every(self._housekeeping_interval(), self._housekeeping)
+        interval = float(self.settings.stats.interval_s)
+        if interval > 0:
+            self._stats_mark = (self.now, 0, 0, 0, 0)
+            self.call_every(interval, self._log_stats)
+        self._started = True
+        return provider
+
+    def _housekeeping_interval(self) -> float:
+        candidates = [1.0]
+        if self._idle_timeout > 0:
+            candidates.append(self._idle_timeout / 8)
+        if self._heartbeat > 0:
+            candidates.append(self._heartbeat / 4)
+        if self._drain_timeout > 0:
+            candidates.append(self._drain_timeout / 8)
+        return max(0.02, min(candidates))
+
+    def _decoder_for(self, session_class: type[Session]) -> FrameDecoder:
+        codec = session_class.codec or self.settings.session.codec
+        payload = self._payload_decoders.get(codec)
+        if payload is None:
+            payload = self._payload_decoders[codec] = make_payload_decoder(codec, self.settings.session)
+        return FrameDecoder(self.settings.session.max_frame_size, payload)
+
+    # ------------------------------------------------------------------ timers & scheduling
+    def call_later(self, delay_s: float, fn: Callable[[], Any]) -> Timer:
+        """Run `fn()` in the loop after `delay_s` seconds (loop thread only)."""
+        timer = Timer(self, _monotonic() + max(0.0, delay_s), fn, 0.0)
+        heapq.heappush(self._timers, (timer.when, next(self._timer_seq), timer))
+        return timer
+
+    def call_every(self, interval_s: float, fn: Callable[[], Any]) -> Timer:
+        """Run `fn()` every `interval_s` seconds (game ticks); a late tick does not pile up."""
+        if interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        timer = Timer(self, _monotonic() + interval_s, fn, interval_s)
+        heapq.heappush(self._timers, (timer.when, next(self._timer_seq), timer))
+        return timer
+
+    def call_soon_threadsafe(self, fn: Callable[[], Any]) -> None:
+        """Run `fn()` in the loop thread soon; callable from any thread."""
+        provider = self.provider
+        if provider is None or not provider.post(self._on_posted, fn):
+            raise RuntimeError("the loop is not running (start() it first)")
+
+    def _on_posted(self, result: CompletionResult, fn: Any) -> None:
+        if result.status == _SUCCESS and fn is not None:
+            try:
+                fn()
+            except Exception:
+                self.handler_errors += 1
+                log.exception("call_soon_threadsafe callback raised")
+
+    def sleep(self, delay_s: float) -> LoopFuture:
+        """`await host.sleep(s)` inside an async handler."""
+        fut = LoopFuture()
+        self.call_later(delay_s, fut.set_result)
+        return fut
+
+    def create_future(self) -> LoopFuture:
+        return LoopFuture()
+
+    def _run_timers(self) -> None:
+        timers = self._timers
+        now = self.now
+        while timers and timers[0][0] <= now:
+            _, _, timer = heapq.heappop(timers)
+            if timer.cancelled:
+                continue
+            if timer.interval:
+                # Next tick from the schedule, not from now; skip missed ticks instead of bursting.
+                nxt = timer.when + timer.interval
+                if nxt <= now:
+                    nxt = now + timer.interval
+                timer.when = nxt
+                heapq.heappush(timers, (nxt, next(self._timer_seq), timer))
+            try:
+                timer.fn()
+            except Exception:
+                self.handler_errors += 1
+                log.exception("timer callback raised", callback=repr(timer.fn))
+
+    # ------------------------------------------------------------------ coroutine handlers
+    def _start_task(self, session: Session | None, coro: Any) -> None:
+        if not hasattr(coro, "send"):
+            raise TypeError(f"a handler returned {coro!r}; handlers return None or a coroutine")
+        task = Task(coro, session)
+        if session is not None:
+            session._task = task
+        # First step runs now; the caller (a dispatch loop) continues with later messages itself.
+        self._step(task, None, resumed=False)
+
+    def _step(self, task: Task, exc: BaseException | None, resumed: bool = True) -> None:
+        if task.done:
+            return
+        try:
+            yielded = task.coro.throw(exc) if exc is not None else task.coro.send(None)
+        except StopIteration:
+            self._task_finished(task, None, resumed)
+            return
+        except Exception:
+            self._task_finished(task, "on_message", resumed)
+            return
+        if yielded is None:
+            self._ready_tasks.append(task)  # bare yield: run again next turn
+        elif isinstance(yielded, LoopFuture):
+            yielded.add_done_callback(lambda _f, t=task: self._ready_tasks.append(t))
+        else:
+            task.throw = TypeError(
+                f"awaited {type(yielded).__name__}: only host.sleep(), host.create_future() futures "
+                "and plain coroutines can be awaited in the framework loop"
+            )
+            self._ready_tasks.append(task)
+
+    def _task_finished(self, task: Task, failed_in: str | None, resumed: bool) -> None:
+        task.done = True
+        session = task.session
+        if session is None:
+            if failed_in is not None:
+                self.handler_errors += 1
+                log.exception("detached handler coroutine raised")
+            return
+        if session._task is task:
+            session._task = None
+        if failed_in is not None:
+            self._handler_failed(session, failed_in)
+        # A task that finished later (resumed by the loop) lets queued messages through; one that
+        # finished in its first step is followed by its caller's own loop (no recursion).
+        if resumed and session._state == OPEN and session._task is None:
+            if session._backlog:
+                self._drain_backlog(session)
+            if session._eof and session._task is None and session._state == OPEN:
+                self._close_session(session, "peer closed")  # the half-closed peer's last reply is out
+
+    def _run_ready_tasks(self) -> None:
+        ready = self._ready_tasks
+        for _ in range(len(ready)):
+            task = ready.popleft()
+            exc = task.throw
+            task.throw = None
+            self._step(task, exc)
+
+    def _drain_backlog(self, session: Session) -> None:
+        backlog = session._backlog
+        while backlog and session._task is None and session._state == OPEN:
+            self._dispatch_one(session, backlog.popleft())
+
+    # ------------------------------------------------------------------ handler calls
+    def _call_handler(self, session: Session, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            r = fn(*args)
+        except Exception:
+            self._handler_failed(session, getattr(fn, "__name__", "handler"))
+            return
+        if r is not None:
+            # on_connected's coroutine orders later messages behind it; others run detached.
+            ordered = session._state <= OPEN and session._task is None
+            self._start_task(session if ordered else None, r)
+
+    def _handler_failed(self, session: Session, where: str) -> None:
+        """Log the current exception; close the session or keep it (settings.session.handler_errors)."""
+        self.handler_errors += 1
+        log.exception("session handler raised", session=str(session.id), handler=where)
+        if self._close_errors and session._state <= OPEN:
+            self._close_session(session, f"handler error in {where}")
+
+    def _dispatch(self, session: Session, msgs: list[Any]) -> None:
+        if session._task is not None or session._backlog:
+            session._backlog.extend(msgs)
+            return
+        handler = session.on_message
+        for i, msg in enumerate(msgs):
+            if session._state != OPEN:
+                return
+            try:
+                r = handler(msg)
+            except Exception:
+                self._handler_failed(session, "on_message")
+                continue
+            if r is not None:
+                self._start_task(session, r)
+                if session._task is not None:
+                    session._backlog.extend(msgs[i + 1 :])
+                    return
+
+    def _dispatch_one(self, session: Session, msg: Any) -> None:
+        try:
+            r = session.on_message(msg)
+        except Exception:
+            self._handler_failed(session, "on_message")
+            return
+        if r is not None:
+            self._start_task(session, r)
+
+    # ------------------------------------------------------------------ session lifecycle
+    def _new_session(self, session_class: type[Session], sock: socket.socket, peer: Any, state: int) -> Session:
+        session = session_class()
+        sid = self.registry.add(session)
+        session._attach(self, sid, sock, peer, state)
+        session._decoder = self._decoder_for(session_class)
+        return session
+
+    def _open_session(self, session: Session) -> None:
+        """The connection is up: on_connected, then start receiving."""
+        session._state = OPEN
+        session._last_frame = self.now
+        self.sessions_opened += 1
+        self._call_handler(session, session.on_connected)
+        if session._state == CLOSED:
+            return
+        # Also when on_connected closed it (CLOSING): the receive sees the peer's FIN, which ends
+        # the graceful close at once instead of at drain_timeout_s.
+        if session._out and not session._dirty:
+            session._dirty = True
+            self._dirty.append(session)
+        self._post_recv(session._ctx, None)
+
+    def _post_recv(self, ctx: OpContext, buf: Any) -> None:
+        pool = self.pool
+        if buf is None:
+            buf = pool.acquire()
+            if buf is None:
+                # Backpressure: no buffer until one is released; counted and logged, retried later.
+                self.recv_deferred += 1
+                if not self._starving:
+                    self._starving = True
+                    log.warning(
+                        "receive buffer pool exhausted; deferring receives",
+                        capacity=pool.capacity,
+                        max_buffers=pool.max_buffers,
+                    )
+                self._starved.append(ctx)
+                return
+        ctx.recv_buf = buf
+        if not pool.recv_into(ctx.sock, buf, self._on_recv, ctx):
+            ctx.recv_buf = None
+            pool.release(buf)
+            session = ctx.ref()
+            if session is not None:
+                self._abort_session(session, "receive could not be posted")
+            return
+        ctx.pending += 1
+
+    def _resume_starved(self) -> None:
+        starved = self._starved
+        pool = self.pool
+        while starved and pool.available:
+            ctx = starved.popleft()
+            session = ctx.ref()
+            if session is not None and session._state <= CLOSING and not ctx.closed:
+                self._post_recv(ctx, None)
+        if not starved and self._starving:
+            self._starving = False
+            log.info("receive buffer pool recovered", deferred_total=self.recv_deferred)
+
+    def _close_session(self, session: Session, reason: str) -> None:
+        """Graceful: refuse new sends, flush queued output, half-close, wait (bounded) for EOF."""
+        state = session._state
+        if state >= CLOSING:
+            return
+        if state == CONNECTING:
+            self._finalize(session, reason)
+            return
+        session._state = CLOSING
+        session._close_reason = reason
+        session._close_deadline = self.now + self._drain_timeout
+        session._backlog.clear()
+        self._closing.add(session)
+        if not session._out and not session._sending:
+            self._half_close(session)
+
+    def _half_close(self, session: Session) -> None:
+        """Everything queued was sent: send FIN. Keep reading (and discarding) until the peer's EOF,
+        so unread input never turns our close into a reset that could destroy data in flight."""
+        session._drained = True
+        if session._eof or self._drain_timeout <= 0:
+            self._finalize(session, session._close_reason)
+            return
+        try:
+            session._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._finalize(session, session._close_reason)
+
+    def _abort_session(self, session: Session, reason: str) -> None:
+        """Close at once, dropping queued output."""
+        if session._state == CLOSED:
+            return
+        if reason == "slow consumer":
+            self.slow_consumers += 1
+            try:
+                # Reset rather than leave megabytes to an orphaned socket that is not read.
+                session._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            except OSError:
+                pass
+        log.info("session aborted", session=str(session.id), peer=session.peer, reason=reason)
+        self._finalize(session, reason)
+
+    def _finalize(self, session: Session, reason: str) -> None:
+        """The session is over: free its slot, stop its I/O, tell the handler."""
+        if session._state == CLOSED:
+            return
+        session._state = CLOSED
+        session._close_reason = reason
+        self._closing.discard(session)
+        self.registry.remove(session)
+        self.sessions_closed += 1
+        ctx = session._ctx
+        ctx.closed = True
+        sock = session._sock
+        provider = self.provider
+        if provider is not None:
+            provider.unregister_socket(sock)  # pending operations complete as CANCELLED (stale)
+        if ctx.pending == 0:
+            self._release_ctx(ctx)
+        session._out.clear()
+        session._backlog.clear()
+        session._out_bytes = 0
+        task = session._task
+        if task is not None:
+            session._task = None
+            task.done = True
+            try:
+                task.coro.close()
+            except Exception:
+                log.exception("closing a handler coroutine raised", session=str(session.id))
+        log.debug("session closed", session=str(session.id), reason=reason)
+        # Also after a failed outgoing connect, so bots learn why.
+        self._call_handler(session, session.on_disconnected, reason)
+
+    def _release_ctx(self, ctx: OpContext) -> None:
+        """No operation of a finished session is in flight: the socket and buffer can go."""
+        buf = ctx.recv_buf
+        if buf is not None:
+            ctx.recv_buf = None
+            self.pool.release(buf)
+        sock = ctx.sock
+        if sock is not None:
+            ctx.sock = None
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------ completions
+    def _on_recv(self, result: CompletionResult, ctx: OpContext) -> None:
+        ctx.pending -= 1
+        buf = ctx.recv_buf
+        ctx.recv_buf = None
+        session = self.registry.resolve(ctx)
+        if session is None:
+            if buf is not None:
+                self.pool.release(buf)
+            if ctx.pending <= 0 and ctx.closed:
+                self._release_ctx(ctx)
+            return
+        n = result.bytes_transferred
+        if result.status != _SUCCESS or n == 0:
+            if buf is not None:
+                self.pool.release(buf)
+            if result.status == _SUCCESS:
+                session._eof = True
+                if session._state == CLOSING:
+                    if session._drained:
+                        self._finalize(session, session._close_reason)
+                    # else: the flush completes first, then finalizes (EOF already seen)
+                else:
+                    self._eof_received(session)
+            else:
+                self._abort_session(session, self._error_reason("recv", result))
+            return
+        session.bytes_in += n
+        self.bytes_in += n
+        if session._state != OPEN:
+            self._post_recv(ctx, buf)  # closing: read and discard until EOF
+            return
+        msgs: list[Any] = []
+        try:
+            frames = session._decoder.feed(buf.view[:n], msgs)
+        except ProtocolError as exc:
+            self.pool.release(buf)
+            self.protocol_errors += 1
+            self._abort_session(session, f"protocol error: {exc}")
+            return
+        if frames:
+            session._last_frame = self.now
+            session.frames_in += frames
+            self.frames_in += frames
+        self._post_recv(ctx, buf)
+        if msgs:
+            self._dispatch(session, msgs)
+
+    def _eof_received(self, session: Session) -> None:
+        # The peer finished sending (it may still read: a half-close). Messages already received
+        # are still handled - an async handler may be running - and their replies flushed; then
+        # the session closes.
+        if session._task is None and not session._backlog:
+            self._close_session(session, "peer closed")
+
+    def _error_reason(self, what: str, result: CompletionResult) -> str:
+        code = result.error_code
+        if code == ErrorCode.CONNECTION_RESET:
+            return "connection reset"
+        if result.status == Status.TIMEOUT:
+            return f"{what} timeout"
+        if result.status == Status.CANCELLED:
+            return f"{what} cancelled"
+        return f"{what} error: {describe(code)}"
+
+    def _on_send(self, result: CompletionResult, ctx: OpContext) -> None:
+        ctx.pending -= 1
+        session = self.registry.resolve(ctx)
+        if session is None:
+            if ctx.pending <= 0 and ctx.closed:
+                self._release_ctx(ctx)
+            return
+        sent = session._inflight
+        session._inflight = 0
+        session._sending = False
+        if result.status != _SUCCESS:
+            self._abort_session(session, self._error_reason("send", result))
+            return
+        session.bytes_out += sent
+        self.bytes_out += sent
+        if session._paused and session._out_bytes <= session._write_low:
+            session._paused = False
+            self._call_handler(session, session.on_resume_writing)
+        if session._out:
+            if not session._dirty and session._state != CLOSED:
+                session._dirty = True
+                self._dirty.append(session)
+        elif session._state == CLOSING:
+            self._half_close(session)
+
+    def _on_connect(self, result: CompletionResult, ctx: OpContext) -> None:
+        ctx.pending -= 1
+        session = self.registry.resolve(ctx)
+        if session is None:
+            if ctx.pending <= 0 and ctx.closed:
+                self._release_ctx(ctx)
+            return
+        if result.status != _SUCCESS:
+            reason = "connect failed: " + (
+                "connection refused" if result.error_code == ErrorCode.CONNECTION_REFUSED else
+                self._error_reason("connect", result)
+            )
+            self._finalize(session, reason)
+            return
+        self._open_session(session)
+
+    # ------------------------------------------------------------------ flush
+    def _flush(self) -> None:
+        dirty = self._dirty
+        provider = self.provider
+        on_send = self._on_send
+        frames = 0
+        for session in dirty:
+            session._dirty = False
+            out = session._out
+            if session._sending or not out or session._state == CLOSED or session._state == CONNECTING:
+                continue
+            data = out[0] if len(out) == 1 else b"".join(out)
+            frames += len(out)
+            out.clear()
+            session._out_bytes = 0
+            session._inflight = len(data)
+            session._sending = True
+            session._last_send = self.now
+            ctx = session._ctx
+            if provider.send_async(session._sock, data, on_send, ctx):
+                ctx.pending += 1
+            else:
+                session._sending = False
+                self._abort_session(session, "send could not be posted")
+        self.frames_out += frames
+        dirty.clear()
+
+    # ------------------------------------------------------------------ housekeeping
+    def _housekeeping(self) -> None:
+        now = self.now
+        for session in list(self._closing):
+            if session._state == CLOSING and now >= session._close_deadline:
+                self._finalize(session, session._close_reason)
+        idle = self._idle_timeout
+        beat = self._heartbeat
+        if idle <= 0 and beat <= 0:
+            return
+        for session in self.registry:
+            if session._state != OPEN:
+                continue
+            if idle > 0 and now - session._last_frame > idle:
+                self.idle_timeouts += 1
+                self._abort_session(session, "idle timeout")
+            elif beat > 0 and now - session._last_send >= beat and not session._out:
+                # A zero-length frame: keeps the peer's idle timer from firing; never delivered.
+                session._last_send = now
+                session._queue(HEARTBEAT_FRAME)
+                session.frames_out -= 1
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        provider = self.provider
+        out: dict[str, Any] = {
+            "sessions": len(self.registry),
+            "sessions_opened": self.sessions_opened,
+            "sessions_closed": self.sessions_closed,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "stale_completions": self.registry.stale_completions,
+            "handler_errors": self.handler_errors,
+            "protocol_errors": self.protocol_errors,
+            "slow_consumers": self.slow_consumers,
+            "idle_timeouts": self.idle_timeouts,
+            "recv_deferred": self.recv_deferred,
+            "backend": provider.name if provider is not None else None,
+        }
+        if self.pool is not None:
+            out["buffers"] = self.pool.statistics()
+        return out
+
+    def _log_stats(self) -> None:
+        now = self.now
+        t0, fi, fo, bi, bo = self._stats_mark
+        dt = max(now - t0, 1e-9)
+        self._stats_mark = (now, self.frames_in, self.frames_out, self.bytes_in, self.bytes_out)
+        ps = self.provider.get_statistics()
+        log.info(
+            "stats",
+            sessions=len(self.registry),
+            frames_in_per_s=round((self.frames_in - fi) / dt, 1),
+            frames_out_per_s=round((self.frames_out - fo) / dt, 1),
+            bytes_in_per_s=round((self.bytes_in - bi) / dt),
+            bytes_out_per_s=round((self.bytes_out - bo) / dt),
+            stale_completions=self.registry.stale_completions,
+            recv_deferred=self.recv_deferred,
+            backend=ps.backend,
+            provider={
+                "active_connections": ps.active_connections,
+                "pending_operations": ps.pending_operations,
+                "completed_operations": ps.completed_operations,
+                "failed_operations": ps.failed_operations,
+                "average_latency_ms": round(ps.average_latency_ms, 3),
+                **ps.backend_specific,
+            },
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def run_once(self, timeout_ms: int | None = None) -> int:
+        """One loop turn; returns the number of completions processed. Loop thread only."""
+        if timeout_ms is None:
+            timeout_ms = self._poll_ms
+        if self._ready_tasks or self._dirty:
+            timeout_ms = 0
+        elif self._timers:
+            until = self._timers[0][0] - _monotonic()
+            if until <= 0:
+                timeout_ms = 0
+            else:
+                timeout_ms = min(timeout_ms, int(until * 1000) + 1) if timeout_ms >= 0 else int(until * 1000) + 1
+        results = self._results
+        n = self.provider.process_completions(timeout_ms, self._batch, results)
+        self._loop_calls += 1
+        if n < 0:
+            n = self._retry_completions(results)
+        if self._loop_calls >= _ERROR_RATE_WINDOW:
+            self._check_error_rate()
+        self.now = _monotonic()
+        if self._timers and self._timers[0][0] <= self.now:
+            self._run_timers()
+        if self._ready_tasks:
+            self._run_ready_tasks()
+        if self._starved and self.pool.available:
+            self._resume_starved()
+        if self._dirty:
+            self._flush()
+        return n
+
+    def _retry_completions(self, results: list[CompletionResult]) -> int:
+        """The seed's ResilientProcessCompletions: a failed process_completions is retried with
+        back-off (10 ms << attempt, 3 attempts in all); then ProviderError."""
+        provider = self.provider
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            self.provider_failures += 1
+            self._loop_failures += 1
+            err = results[0] if results else None
+            if attempt == _MAX_ATTEMPTS:
+                log.error(
+                    "process_completions failed after retries",
+                    backend=provider.name,
+                    attempts=_MAX_ATTEMPTS,
+                    error=repr(err),
+                    detail=str(err.user_context) if err is not None else "",
+                )
+                raise ProviderError(f"{provider.name}: process_completions failed {_MAX_ATTEMPTS} times: {err!r}")
+            log.warning(
+                "process_completions failed; retrying",
+                backend=provider.name,
+                attempt=attempt,
+                max_attempts=_MAX_ATTEMPTS,
+                error=repr(err),
+            )
+            time.sleep(_RETRY_BACKOFF_S * (1 << (attempt - 1)))
+            n = provider.process_completions(0, self._batch, results)
+            self._loop_calls += 1
+            if n >= 0:
+                return n
+        raise AssertionError("unreachable")
+
+    def _check_error_rate(self) -> None:
+        """The seed's CompletionErrorHandler: warn when more than 5 % of loop calls failed."""
+        calls, failures = self._loop_calls, self._loop_failures
+        self._loop_calls = self._loop_failures = 0
+        if failures * 100 > _ERROR_RATE_PERCENT * calls:
+            log.warning(
+                "high completion error rate",
+                failures=failures,
+                calls=calls,
+                rate_percent=round(100 * failures / calls, 1),
+                backend=self.provider.name,
+            )
+
+    def run_until(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Run the loop until `predicate()` is true (True) or `timeout` seconds pass (False)."""
+        deadline = None if timeout is None else _monotonic() + timeout
+        while not predicate():
+            if deadline is not None:
+                left = deadline - _monotonic()
+                if left <= 0:
+                    return predicate()
+                self.run_once(min(self._poll_ms, int(left * 1000) + 1))
+            else:
+                self.run_once()
+        return True
+
+    # ------------------------------------------------------------------ outgoing sessions
+    def connect(
+        self,
+        host: str,
+        port: int,
+        session_class: type[Session] | None = None,
+        *,
+        timeout_s: float | None = 10.0,
+    ) -> Session:
+        """Open an outgoing session on this loop. It is returned at once (`connected` False);
+        on_connected runs when the connect completes; a failure calls on_disconnected with the
+        reason. Sends before that are queued. Loop thread only."""
+        if not self._started:
+            self._open_provider()
+        cls = session_class or self.session_class
+        family, type_, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        session = self._new_session(cls, sock, address, CONNECTING)
+        ctx = session._ctx
+        provider = self.provider
+        if not provider.register_socket(sock, ctx):
+            self._finalize(session, f"connect failed: {getattr(provider, 'last_error', 'register failed')}")
+            return session
+        timeout_ms = None if timeout_s is None else int(timeout_s * 1000)
+        if provider.connect_async(sock, address, self._on_connect, ctx, timeout_ms):
+            ctx.pending += 1
+        else:
+            self._finalize(session, "connect failed: not posted")
+        return session
+
+    # ------------------------------------------------------------------ draining (shutdown / close)
+    def _begin_drain(self, reason: str, notify: bool) -> None:
+        """on_shutdown (if `notify`) on every session, then a graceful close of each."""
+        self.now = _monotonic()
+        sessions = list(self.registry)
+        if notify:
+            for session in sessions:
+                if session._state == OPEN:
+                    self._call_handler(session, session.on_shutdown)
+        for session in sessions:
+            self._close_session(session, reason)
+        self._drain_total = len(sessions)
+        self._drain_deadline = self.now + self._drain_timeout
+        self._all_drained_at: float | None = None
+
+    def _drain_finished(self) -> bool:
+        """Every session gone, or the deadline passed, or every remaining session has sent all its
+        output and its FIN and had a short linger to see the peer's EOF (a peer that never closes
+        must not hold the shutdown for the whole drain timeout)."""
+        if not len(self.registry) or self.now >= self._drain_deadline:
+            return True
+        if all(s._drained for s in self.registry):
+            if self._all_drained_at is None:
+                self._all_drained_at = self.now
+            return self.now - self._all_drained_at >= _DRAIN_LINGER_S
+        self._all_drained_at = None
+        return False
+
+    def _end_drain(self) -> tuple[int, int]:
+        """Close what is left (forced if its output was not fully sent), then the provider.
+        Returns (drained, forced)."""
+        forced = 0
+        for session in self.registry:
+            if session._drained:
+                self._finalize(session, session._close_reason)
+            else:
+                forced += 1
+                self._finalize(session, "drain timeout")
+        self._close_provider()
+        return self._drain_total - forced, forced
+
+    def _close_provider(self) -> None:
+        provider = self.provider
+        if provider is not None:
+            provider.shutdown()  # every pending op completes CANCELLED -> contexts released
+        if self.pool is not None:
+            self.pool.close()
+        self._timers.clear()
+        self._ready_tasks.clear()
+        self._starved.clear()
+        self._closed = True
+
+
+__all__ = ["CLOSED", "CLOSING", "CONNECTING", "OPEN", "LoopFuture", "SessionHost", "Task", "Timer"]

@@ -1,0 +1,177 @@
+"""Session slots, generations, lookup, and groups (rooms) with encode-once broadcast.
+
+The registry is the only strong owner of a connected session. A slot's generation increases when
+its session leaves, so a `SessionId` names one session forever and a completion carrying an old
+generation can never reach the slot's next occupant (`resolve` drops it and counts it).
+Free slots are reused last-in-first-out, which keeps the slot table dense.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from framework.session.codec import encode_frame, encode_message
+from framework.session.context import OpContext, SessionId
+
+if TYPE_CHECKING:
+    from framework.session.session import Session
+
+log = structlog.get_logger("framework.session")
+
+
+class Group:
+    """A named set of sessions (a room). Members leave automatically when they close."""
+
+    __slots__ = ("_members", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._members: dict[SessionId, Session] = {}
+
+    def add(self, session: Session) -> bool:
+        """Add a connected session; False if it is closed or already a member."""
+        if session.closed or session.id in self._members:
+            return False
+        self._members[session.id] = session
+        session._groups.add(self)
+        return True
+
+    def discard(self, session: Session) -> bool:
+        if self._members.pop(session.id, None) is None:
+            return False
+        session._groups.discard(self)
+        return True
+
+    @property
+    def members(self) -> list[Session]:
+        return list(self._members.values())
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, session: object) -> bool:
+        return getattr(session, "id", None) in self._members
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._members.values()))
+
+    def broadcast(self, msg: Any, exclude: Session | None = None) -> int:
+        """msgpack-encode `msg` once and queue it to every member; returns how many accepted it."""
+        return self._send_to_all(encode_message(msg), exclude)
+
+    def broadcast_frame(self, payload: bytes | bytearray | memoryview, exclude: Session | None = None) -> int:
+        """Queue one raw payload (framed once) to every member."""
+        return self._send_to_all(encode_frame(payload), exclude)
+
+    def _send_to_all(self, frame: bytes, exclude: Session | None) -> int:
+        sent = 0
+        # A send can close a member (hard cap), which edits _members: iterate a snapshot.
+        for session in list(self._members.values()):
+            if session is not exclude and session.send_encoded(frame):
+                sent += 1
+        return sent
+
+    def __repr__(self) -> str:
+        return f"Group({self.name!r}, {len(self._members)} members)"
+
+
+class SessionRegistry:
+    """Slots of sessions. Loop-thread only."""
+
+    __slots__ = ("_count", "_free", "_generations", "_groups", "_sessions", "stale_completions")
+
+    def __init__(self) -> None:
+        self._sessions: list[Session | None] = []
+        self._generations: list[int] = []
+        self._free: list[int] = []
+        self._count = 0
+        self._groups: dict[str, Group] = {}
+        self.stale_completions = 0
+
+    # ------------------------------------------------------------------ slots
+    def add(self, session: Session) -> SessionId:
+        """Give `session` a slot and its id (held strongly until `remove`)."""
+        if self._free:
+            slot = self._free.pop()
+            self._sessions[slot] = session
+        else:
+            slot = len(self._sessions)
+            self._sessions.append(session)
+            self._generations.append(1)
+        self._count += 1
+        return SessionId(slot, self._generations[slot])
+
+    def remove(self, session: Session) -> bool:
+        """Free the session's slot (its generation moves on) and drop it from every group."""
+        sid = session.id
+        if sid is None or not self.is_current(sid) or self._sessions[sid.slot] is not session:
+            return False
+        for group in list(session._groups):
+            group.discard(session)
+        self._sessions[sid.slot] = None
+        self._generations[sid.slot] += 1
+        self._free.append(sid.slot)
+        self._count -= 1
+        return True
+
+    def is_current(self, sid: SessionId) -> bool:
+        slot = sid.slot
+        return 0 <= slot < len(self._generations) and self._generations[slot] == sid.generation
+
+    def get(self, sid: SessionId) -> Session | None:
+        """The session with this exact id, or None once it has left (even if the slot is reused)."""
+        if not self.is_current(sid):
+            return None
+        return self._sessions[sid.slot]
+
+    def resolve(self, ctx: OpContext) -> Session | None:
+        """The session a completion belongs to, or None for a stale completion (counted, logged)."""
+        slot = ctx.slot
+        if self._generations[slot] == ctx.generation:
+            session = self._sessions[slot]
+            if session is not None:
+                return session
+        self.stale_completions += 1
+        log.debug(
+            "stale completion dropped",
+            session=str(ctx.id),
+            slot_generation=self._generations[slot],
+        )
+        return None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Session]:
+        """A snapshot of the sessions (safe to close sessions while iterating)."""
+        return iter([s for s in self._sessions if s is not None])
+
+    def __contains__(self, session: object) -> bool:
+        sid = getattr(session, "id", None)
+        return isinstance(sid, SessionId) and self.get(sid) is session
+
+    # ------------------------------------------------------------------ groups
+    def group(self, name: str) -> Group:
+        """The group called `name`, created on first use."""
+        group = self._groups.get(name)
+        if group is None:
+            group = self._groups[name] = Group(name)
+        return group
+
+    def remove_group(self, name: str) -> None:
+        group = self._groups.pop(name, None)
+        if group is not None:
+            for session in group.members:
+                group.discard(session)
+
+    @property
+    def groups(self) -> dict[str, Group]:
+        return dict(self._groups)
+
+    def broadcast(self, msg: Any) -> int:
+        """Encode once, queue to every session."""
+        frame = encode_message(msg)
+        return sum(1 for s in self if s.send_encoded(frame))

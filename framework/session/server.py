@@ -1,0 +1,410 @@
+"""Server: listening sockets, accepts, the completion loop, graceful shutdown, worker processes.
+
+Shutdown sequence (SIGTERM/SIGINT or `shutdown()` from any thread): stop accepting -> on_shutdown()
+on every session -> each session flushes its queued output and half-closes -> the loop keeps running
+until every session is gone or drain_timeout_s passes -> the rest are closed (counted as forced when
+output was still unsent) -> provider.shutdown(). The final log line says how many drained and how
+many were forced.
+
+`workers: N > 1`: the parent forks N worker processes that each run their own loop on the same port
+(SO_REUSEPORT, so the kernel spreads connections), forwards SIGTERM/SIGINT to them, restarts a worker
+that dies unexpectedly and exits 0 when all of them stopped cleanly.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import structlog
+
+from framework.io.errors import ErrorCode, ProviderError, describe
+from framework.io.provider import AsyncIOProvider, CompletionResult, Status
+from framework.session.host import CLOSED, CONNECTING, SessionHost
+from framework.session.session import Session
+
+log = structlog.get_logger("framework.session")
+
+# Resource exhaustion on accept: back off and retry (the listener stays healthy). ENOBUFS arrives
+# mapped to BUFFER_TOO_SMALL by the seed's table.
+_ACCEPT_BACKOFF_ERRORS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, int(ErrorCode.BUFFER_TOO_SMALL)}
+)
+_BACKOFF_MIN_S = 0.1
+_BACKOFF_MAX_S = 1.0
+
+
+class _Listener:
+    __slots__ = ("address", "backoff", "closed", "sock")
+
+    def __init__(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        self.sock = sock
+        self.address = address
+        self.closed = False
+        self.backoff = 0.0
+
+
+class Server(SessionHost):
+    """Accepts connections on every configured host and runs a `session_class` per connection."""
+
+    def __init__(
+        self, settings: Any, session_class: type[Session], *, provider: AsyncIOProvider | None = None
+    ) -> None:
+        super().__init__(settings, session_class, provider=provider)
+        self.addresses: list[tuple[str, int]] = []
+        self._listeners: list[_Listener] = []
+        self._listening = False
+        self._shutdown_requested = False
+        self._stopping = False
+        self._done = threading.Event()
+        self.refused = 0
+        self.accept_errors = 0
+        self.drained = 0
+        self.forced = 0
+        self._last_refusal_log = 0.0
+        self._signal_received = 0
+        self._parent_pid = 0  # a worker process: shut down if this parent goes away
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> list[tuple[str, int]]:
+        """Bind and listen on every host (IPv4 and IPv6); returns the bound (host, port) pairs."""
+        if self._listening:
+            return list(self.addresses)
+        provider = self._open_provider()
+        cfg = self.settings.server
+        port = cfg.port
+        reuse_port = cfg.reuse_port or cfg.workers > 1
+        for host in cfg.hosts:
+            try:
+                sock = self._bind(host, port, cfg.backlog, reuse_port)
+            except OSError as exc:
+                if ":" in host:  # a machine without IPv6 still serves IPv4
+                    log.warning("cannot listen on host; skipped", host=host, port=port, error=str(exc))
+                    continue
+                self._close_listeners()
+                raise
+            bound_port = sock.getsockname()[1]
+            if port == 0:
+                port = bound_port  # the other hosts share the port the kernel chose
+            if not provider.register_socket(sock):
+                sock.close()
+                self._close_listeners()
+                raise OSError(f"cannot register listener: {getattr(provider, 'last_error', '')}")
+            listener = _Listener(sock, (host, bound_port))
+            self._listeners.append(listener)
+            self.addresses.append((host, bound_port))
+            self._post_accept(listener)
+        if not self._listeners:
+            raise OSError(f"could not listen on any of {cfg.hosts}")
+        self._listening = True
+        if self._parent_pid:
+            self.call_every(1.0, self._check_parent)
+        log.info(
+            "listening",
+            addresses=[f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses],
+            backend=provider.name,
+            pid=os.getpid(),
+        )
+        return list(self.addresses)
+
+    @staticmethod
+    def _bind(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+        family, type_, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _close_listeners(self) -> None:
+        provider = self.provider
+        for listener in self._listeners:
+            if listener.closed:
+                continue
+            listener.closed = True
+            if provider is not None:
+                provider.unregister_socket(listener.sock)  # the pending accept completes CANCELLED
+            listener.sock.close()
+
+    # ------------------------------------------------------------------ accept
+    def _post_accept(self, listener: _Listener) -> None:
+        if listener.closed or self._stopping:
+            return
+        if not self.provider.accept_async(listener.sock, self._on_accept, listener):
+            log.error("accept could not be posted; retrying", address=listener.address)
+            self.call_later(_BACKOFF_MAX_S, lambda: self._post_accept(listener))
+
+    def _on_accept(self, result: CompletionResult, listener: _Listener) -> None:
+        if result.status == Status.SUCCESS:
+            listener.backoff = 0.0
+            self._post_accept(listener)  # keep the backlog draining
+            sock, peer = result.accepted
+            self._accepted(sock, peer)
+            return
+        if listener.closed or self._stopping or result.status == Status.CANCELLED:
+            return
+        self.accept_errors += 1
+        code = result.error_code
+        if code in _ACCEPT_BACKOFF_ERRORS:
+            listener.backoff = min(_BACKOFF_MAX_S, max(_BACKOFF_MIN_S, listener.backoff * 2))
+            log.warning(
+                "accept failed: out of resources; backing off",
+                address=listener.address,
+                error=describe(code),
+                retry_in_s=listener.backoff,
+            )
+            self.call_later(listener.backoff, lambda: self._post_accept(listener))
+        else:
+            # ECONNABORTED and friends concern one connection only.
+            log.info("accept failed; continuing", address=listener.address, error_code=code)
+            self._post_accept(listener)
+
+    def _accepted(self, sock: socket.socket, peer: Any) -> None:
+        if self._stopping:
+            sock.close()
+            return
+        limit = self.settings.io.max_connections
+        if len(self.registry) >= limit:
+            self.refused += 1
+            sock.close()
+            if self.now - self._last_refusal_log >= 1.0:  # one line per second under a flood
+                self._last_refusal_log = self.now
+                log.warning(
+                    "connection refused: max_connections reached",
+                    peer=peer,
+                    max_connections=limit,
+                    refused_total=self.refused,
+                )
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        session = self._new_session(self.session_class, sock, peer, CONNECTING)
+        if not self.provider.register_socket(sock, session._ctx):
+            log.warning(
+                "accepted socket could not be registered; closed",
+                peer=peer,
+                error=getattr(self.provider, "last_error", ""),
+            )
+            self.registry.remove(session)
+            session._state = CLOSED
+            sock.close()
+            return
+        self._open_session(session)
+
+    # ------------------------------------------------------------------ running
+    def serve_forever(self) -> None:
+        """Run the completion loop in this thread until a shutdown completes."""
+        if not self._listening:
+            self.start()
+        self._running = True
+        try:
+            while True:
+                if self._shutdown_requested and not self._stopping:
+                    self._begin_shutdown()
+                try:
+                    self.run_once()
+                except ProviderError:
+                    # Retries exhausted (logged). Shut down gracefully instead of crashing; if the
+                    # provider fails during the drain too, close what is left right away.
+                    if self._stopping:
+                        break
+                    self._shutdown_requested = True
+                    continue
+                if self._stopping and self._drain_finished():
+                    break
+        finally:
+            self._running = False
+            self._finish_shutdown()
+
+    def shutdown(self) -> None:
+        """Request a graceful shutdown; safe from any thread and from signal handlers."""
+        self._shutdown_requested = True
+        provider = self.provider
+        if provider is not None and self._started and not self._closed:
+            try:
+                provider.post(None)  # wake a blocked process_completions
+            except Exception:
+                pass
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block (another thread) until serve_forever has finished its shutdown."""
+        return self._done.wait(timeout)
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (or shutdown()); returns the process exit code (0)."""
+        if self.settings.server.workers > 1:
+            return self._supervise()
+        if not self._listening:
+            self.start()
+        installed: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                installed[sig] = signal.signal(sig, self._on_signal)
+        try:
+            self.serve_forever()
+        finally:
+            for sig, previous in installed.items():
+                signal.signal(sig, previous)
+        return 0
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        # No logging here: a handler that takes a lock (a log write) can deadlock against the code
+        # it interrupted. shutdown() only sets a flag and posts a wake-up (lock-free).
+        self._signal_received = signum
+        self.shutdown()
+
+    def _check_parent(self) -> None:
+        if os.getppid() != self._parent_pid and not self._shutdown_requested:
+            log.warning("supervisor process is gone; shutting down", parent_pid=self._parent_pid)
+            self.shutdown()
+
+    def _begin_shutdown(self) -> None:
+        self._stopping = True
+        self._close_listeners()
+        signum = self._signal_received
+        log.info(
+            "shutdown started",
+            signal=signal.Signals(signum).name if signum else None,
+            sessions=len(self.registry),
+            drain_timeout_s=self._drain_timeout,
+        )
+        self._begin_drain("server shutdown", notify=True)
+
+    def _finish_shutdown(self) -> None:
+        if self._closed:
+            self._done.set()
+            return
+        try:
+            if not self._stopping:  # the loop died (provider failure): still release everything
+                self._stopping = True
+                self._close_listeners()
+                self._begin_drain("server error", notify=False)
+            self.drained, self.forced = self._end_drain()
+            log.info(
+                "shutdown complete",
+                drained=self.drained,
+                forced=self.forced,
+                stale_completions=self.registry.stale_completions,
+            )
+        finally:
+            self._done.set()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        out = super().stats
+        out.update(refused=self.refused, accept_errors=self.accept_errors)
+        return out
+
+    # ------------------------------------------------------------------ workers
+    def _supervise(self) -> int:
+        """Parent of `workers` processes sharing the port through SO_REUSEPORT."""
+        if self.provider is not None:
+            raise ValueError("a provider instance cannot be shared by worker processes")
+        cfg = self.settings.server
+        port = cfg.port
+        placeholder = None
+        if port == 0:
+            # Reserve one ephemeral port for every worker: a bound (not listening) SO_REUSEPORT
+            # socket takes no connections but keeps the number ours.
+            placeholder = self._bind_placeholder(cfg.hosts[0])
+            port = placeholder.getsockname()[1]
+        child_settings = self.settings.model_copy(
+            update={"server": cfg.model_copy(update={"port": port, "workers": 1, "reuse_port": True})}
+        )
+        self.addresses = [(h, port) for h in cfg.hosts]
+        stopping = False
+        children: dict[int, int] = {}
+
+        parent_pid = os.getpid()
+
+        def spawn(index: int) -> None:
+            pid = os.fork()
+            if pid == 0:  # worker
+                code = 1
+                try:
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                    worker = Server(child_settings, self.session_class)
+                    worker._parent_pid = parent_pid
+                    code = worker.run()
+                except BaseException:
+                    log.exception("worker failed", worker=index)
+                finally:
+                    os._exit(code)
+            children[pid] = index
+
+        def forward(signum: int, _frame: Any) -> None:
+            nonlocal stopping
+            stopping = True
+            for pid in list(children):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+        installed: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                installed[sig] = signal.signal(sig, forward)
+        log.info("starting workers", workers=cfg.workers, port=port, pid=os.getpid())
+        exit_code = 0
+        restarts: list[float] = []
+        try:
+            for i in range(cfg.workers):
+                spawn(i)
+            while children:
+                try:
+                    pid, status = os.waitpid(-1, 0)
+                except ChildProcessError:
+                    break
+                index = children.pop(pid, None)
+                if index is None:
+                    continue
+                code = os.waitstatus_to_exitcode(status)
+                if stopping:
+                    if code != 0:
+                        exit_code = 1
+                    log.info("worker stopped", worker=index, pid=pid, exit_code=code)
+                    continue
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < 60.0] + [now]
+                if len(restarts) > 5 * cfg.workers:
+                    log.error("workers keep dying; giving up", worker=index, exit_code=code)
+                    forward(signal.SIGTERM, None)
+                    exit_code = 1
+                    continue
+                log.error("worker exited unexpectedly; restarting", worker=index, pid=pid, exit_code=code)
+                time.sleep(0.2)
+                spawn(index)
+        finally:
+            for sig, previous in installed.items():
+                signal.signal(sig, previous)
+            if placeholder is not None:
+                placeholder.close()
+        return exit_code
+
+    @staticmethod
+    def _bind_placeholder(host: str) -> socket.socket:
+        family, type_, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, type_, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        return sock

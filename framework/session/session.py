@@ -1,0 +1,224 @@
+"""Session: the class a game server subclasses, one instance per connection.
+
+The framework constructs the subclass with no arguments, attaches it to a connection and then calls
+its handlers from the completion loop (one thread). Sends only queue: every session's queued frames
+leave as one gathered send per loop turn. See docs/SESSIONS.md for lifetimes and backpressure.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import deque
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from framework.session.codec import HEADER, MAX_U32
+from framework.session.context import OpContext, SessionId
+
+if TYPE_CHECKING:
+    import socket
+
+    from framework.session.host import SessionHost, Task
+    from framework.session.registry import Group
+
+_pack_header = HEADER.pack
+
+# Session states, in order.
+CONNECTING = 0  # outgoing, connect pending (sends queue until connected)
+OPEN = 1
+CLOSING = 2  # close() called: no new sends; queued output drains, then the socket closes
+CLOSED = 3
+
+
+class Session:
+    """Subclass and override the `on_*` handlers. All handlers run in the loop thread."""
+
+    #: None: settings.session.codec; "msgpack": on_message gets decoded objects; "raw": bytes payloads.
+    codec: ClassVar[str | None] = None
+
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_backlog",
+        "_close_deadline",
+        "_close_reason",
+        "_ctx",
+        "_decoder",
+        "_dirty",
+        "_dirty_list",
+        "_drained",
+        "_eof",
+        "_groups",
+        "_host_ref",
+        "_inflight",
+        "_last_frame",
+        "_last_send",
+        "_out",
+        "_out_bytes",
+        "_packb",
+        "_paused",
+        "_sending",
+        "_sock",
+        "_state",
+        "_task",
+        "_write_cap",
+        "_write_high",
+        "_write_low",
+        "bytes_in",
+        "bytes_out",
+        "frames_in",
+        "frames_out",
+        "id",
+        "peer",
+    )
+
+    # ------------------------------------------------------------------ handlers (override)
+    def on_connected(self) -> Awaitable[None] | None:
+        """The connection is up (accepted, or an outgoing connect completed)."""
+
+    def on_message(self, msg: Any) -> Awaitable[None] | None:
+        """One decoded message (bytes for raw sessions). May be `async def`: later messages of this
+        session wait until the coroutine finishes."""
+
+    def on_disconnected(self, reason: str) -> None:
+        """The session is closed; `reason` says why. Called exactly once per connected session."""
+
+    def on_shutdown(self) -> None:
+        """The server is shutting down; queue any goodbye message now (it is flushed before close)."""
+
+    def on_pause_writing(self) -> None:
+        """Queued output passed write_high_water: stop producing for this session."""
+
+    def on_resume_writing(self) -> None:
+        """Queued output fell below write_low_water: producing may resume."""
+
+    # ------------------------------------------------------------------ attach (framework)
+    def _attach(self, host: SessionHost, sid: SessionId, sock: socket.socket, peer: Any, state: int) -> None:
+        self._host_ref = weakref.ref(host)
+        self.id = sid
+        self.peer = peer
+        self._sock = sock
+        self._ctx = OpContext(sid, self, sock)
+        self._state = state
+        self._decoder = None
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._inflight = 0
+        self._sending = False
+        self._dirty = False
+        self._dirty_list = host._dirty
+        self._packb = host._packb  # one Packer per loop thread (a Packer is not thread-safe)
+        self._paused = False
+        self._write_high = host._write_high
+        self._write_low = host._write_low
+        self._write_cap = host._write_cap
+        self._groups: set[Group] = set()
+        self._task: Task | None = None
+        self._backlog: deque[Any] = deque()
+        self._close_reason = ""
+        self._close_deadline = 0.0
+        self._drained = False
+        self._eof = False
+        self._last_frame = host.now
+        self._last_send = host.now
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def server(self) -> SessionHost | None:
+        """The owning Server or Client (held weakly)."""
+        ref = getattr(self, "_host_ref", None)
+        return ref() if ref is not None else None
+
+    @property
+    def connected(self) -> bool:
+        return getattr(self, "_state", CLOSED) == OPEN
+
+    @property
+    def closed(self) -> bool:
+        """True once close() was called or the connection ended."""
+        return getattr(self, "_state", CLOSED) >= CLOSING
+
+    @property
+    def close_reason(self) -> str:
+        """Why the session closed (or is closing); "" while open."""
+        return getattr(self, "_close_reason", "")
+
+    @property
+    def paused(self) -> bool:
+        """True between on_pause_writing and on_resume_writing."""
+        return self._paused
+
+    @property
+    def queued_bytes(self) -> int:
+        """Outgoing bytes not yet acknowledged by the provider (queued + in flight)."""
+        return self._out_bytes + self._inflight
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "queued_bytes": self._out_bytes + self._inflight,
+        }
+
+    def send(self, msg: Any) -> bool:
+        """msgpack-encode `msg` and queue it as one frame. False if the session is closing/closed."""
+        if self._state > OPEN:
+            return False
+        payload = self._packb(msg)
+        return self._queue(_pack_header(len(payload)) + payload)
+
+    def send_frame(self, payload: bytes | bytearray | memoryview) -> bool:
+        """Queue one raw frame (the u32 length header is added). False if closing/closed."""
+        if self._state > OPEN:
+            return False
+        n = len(payload)
+        if n > MAX_U32:
+            raise ValueError(f"payload of {n} bytes does not fit a u32 frame header")
+        return self._queue(_pack_header(n) + payload)
+
+    def send_encoded(self, frame: bytes) -> bool:
+        """Queue an already framed (header included) and encoded frame, e.g. one broadcast frame."""
+        if self._state > OPEN:
+            return False
+        return self._queue(frame)
+
+    def close(self, reason: str = "closed by server") -> None:
+        """Stop sending new data, flush what is queued, then close (bounded by drain_timeout_s)."""
+        host = self.server
+        if host is not None:
+            host._close_session(self, reason)
+
+    def __repr__(self) -> str:
+        state = ("connecting", "open", "closing", "closed")[getattr(self, "_state", CLOSED)]
+        return f"<{type(self).__name__} {getattr(self, 'id', None)} {getattr(self, 'peer', None)} {state}>"
+
+    # ------------------------------------------------------------------ internals
+    def _queue(self, frame: bytes) -> bool:
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        self.frames_out += 1
+        if not self._dirty and self._state == OPEN:
+            self._dirty = True
+            self._dirty_list.append(self)
+        if self._out_bytes + self._inflight > self._write_high:
+            return self._over_high_water()
+        return True
+
+    def _over_high_water(self) -> bool:
+        host = self.server
+        if self._out_bytes + self._inflight > self._write_cap:
+            if host is not None:
+                host._abort_session(self, "slow consumer")
+            return False
+        if not self._paused:
+            self._paused = True
+            if host is not None:
+                host._call_handler(self, self.on_pause_writing)
+        return True
