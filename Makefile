@@ -42,6 +42,19 @@ bench: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Parser fuzzing: the codec property tests with the "fuzz" hypothesis profile (>= 100,000 examples
+# each; tens of minutes on 2 cores). FUZZ_EXAMPLES=N to change.
+FUZZ_EXAMPLES ?= 100000
+fuzz: $(STAMP)
+	RELIABILITY_PROFILE=fuzz RELIABILITY_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider \
+		tests/test_reliability_parser.py -k "yields or round_trip or leaves_no_state" $(PYTEST_ARGS)
+
+# Soak: the game server under bots for SOAK_SECONDS (default 600); fails unless RSS, descriptors and
+# sessions stay flat. Reports in reports/soak/.
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	$(PY) -m loadtests.soak --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
+
 lint: $(STAMP)
 	$(PY) -m ruff check framework examples tests benchmarks loadtests
 
