@@ -1,11 +1,14 @@
 """Shared fixtures: a provider for every backend that can run here, and loopback socket helpers.
 
 A backend joins the contract suite by registering in `framework.io.factory` and passing its
-`probe()` on this machine; the tests never name backends.
+`probe()` on this machine; the tests never name backends. Backends whose kernel is missing here
+also run on stand-in kernels (tests/standin_kernels.py), as "<backend>-mocked_<os>_kernel".
 """
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +17,7 @@ from typing import Any
 import pytest
 
 from framework.io.errors import BackendUnavailable
-from framework.io.factory import backend_names, check_available, create_provider
+from framework.io.factory import backend_names, check_available, create_provider, provider_class
 from framework.io.provider import AsyncIOProvider, CompletionResult
 
 WAIT_S = 10.0  # generous deadline for "this must eventually happen" waits (CPU contention)
@@ -34,23 +37,53 @@ def runnable_backends() -> list[str]:
 RUNNABLE_BACKENDS = runnable_backends()
 
 
+def standin_backends() -> list[str]:
+    """Backends that cannot run here but whose kernel calls tests/standin_kernels.py stands in for
+    (built on Linux epoll/eventfd), named so every test id says the kernel is mocked."""
+    names = []
+    if hasattr(select, "epoll") and hasattr(os, "eventfd"):
+        if "kqueue" not in RUNNABLE_BACKENDS:
+            names.append("kqueue-mocked_macos_kernel")
+        if "iocp" not in RUNNABLE_BACKENDS:
+            names.append("iocp-mocked_windows_kernel")
+    return names
+
+
+STANDIN_BACKENDS = standin_backends()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "allows_callback_errors: the test makes completion callbacks raise on purpose"
     )
 
 
-@pytest.fixture(params=RUNNABLE_BACKENDS)
+@pytest.fixture(params=RUNNABLE_BACKENDS + STANDIN_BACKENDS)
 def provider(request: pytest.FixtureRequest) -> Iterator[AsyncIOProvider]:
-    """An initialized provider of each runnable backend; shut down after the test.
+    """An initialized provider of each runnable backend (and of each stand-in-kernel backend);
+    shut down after the test.
 
     A callback that raises is swallowed by the provider (counted, logged), so an assert inside a
     test's callback would go unseen: the fixture fails such a test unless it is marked
-    `allows_callback_errors`."""
-    p = create_provider(request.param, fallback=False)
+    `allows_callback_errors`. On a stand-in kernel, an API misuse it recorded fails the test too."""
+    name, _, standin = request.param.partition("-mocked_")
+    kernel = None
+    if standin:
+        import standin_kernels  # Linux-only helpers, imported only where they run
+
+        monkeypatch = request.getfixturevalue("monkeypatch")  # undone after this fixture's teardown
+        if standin == "macos_kernel":
+            standin_kernels.install_macos_kernel(monkeypatch)
+        else:
+            kernel = standin_kernels.install_windows_kernel(monkeypatch)
+        p = provider_class(name)()  # not create_provider: its probe() checks the real OS
+    else:
+        p = create_provider(name, fallback=False)
     assert p.initialize(max_connections=512, max_completion_queue_size=128), getattr(p, "last_error", "")
     yield p
     p.shutdown()
+    if kernel is not None:
+        assert kernel.errors == [], f"the backend misused the (stand-in) Windows API: {kernel.errors}"
     if request.node.get_closest_marker("allows_callback_errors") is None:
         errors = p.get_statistics().backend_specific.get("callback_errors", 0)
         assert errors == 0, f"{errors} completion callback(s) raised during the test (see the log)"

@@ -23,6 +23,8 @@ from typing import Any
 import cffi
 import pytest
 from conftest import WAIT_S, Collector, pump
+from standin_kernels import StandinKevent as FakeKevent
+from standin_kernels import install_macos_kernel
 
 from framework.io import BackendUnavailable, ErrorCode, Status, create_provider, factory
 from framework.io.backends import _windows_cffi as win
@@ -225,29 +227,6 @@ def test_win32_codes_reach_the_same_error_codes(code, expected):
 
 
 # ---------------------------------------------------------------------------------- kqueue on Linux
-class FakeKevent:
-    """select.kevent's shape (BSD only), for the stand-in kernels below."""
-
-    def __init__(
-        self,
-        ident: int,
-        filter: int = KQ_FILTER_READ,
-        flags: int = KQ_EV_ADD,
-        fflags: int = 0,
-        data: int = 0,
-        udata: int = 0,
-    ) -> None:
-        self.ident = ident
-        self.filter = filter
-        self.flags = flags
-        self.fflags = fflags
-        self.data = data
-        self.udata = udata
-
-    def key(self) -> tuple[int, int, int]:
-        return (self.ident, self.filter, self.flags)
-
-
 class RecordingKqueue:
     """Records every control() call; returns scripted event lists (else sleeps out the timeout)."""
 
@@ -257,7 +236,8 @@ class RecordingKqueue:
         self.closed = False
 
     def control(self, changes: Any, max_events: int, timeout: float | None = None) -> list[FakeKevent]:
-        self.calls.append(([c.key() for c in changes] if changes is not None else None, max_events, timeout))
+        keys = [(c.ident, c.filter, c.flags) for c in changes] if changes is not None else None
+        self.calls.append((keys, max_events, timeout))
         if max_events == 0:
             return []
         if self.script:
@@ -273,58 +253,6 @@ class RecordingKqueue:
         self.closed = True
 
 
-class EpollBackedKqueue:
-    """A macOS kernel stand-in: EVFILT_READ/EVFILT_WRITE with EV_ADD|EV_CLEAR become edge-triggered
-    epoll interest, which keeps the same contract (one report per state change; the current state
-    is reported when interest is added)."""
-
-    def __init__(self) -> None:
-        self.ep = select.epoll()
-        self.filters: dict[int, int] = {}
-
-    def _apply(self, ch: Any) -> None:
-        bit = (select.EPOLLIN | select.EPOLLRDHUP) if ch.filter == KQ_FILTER_READ else select.EPOLLOUT
-        old = self.filters.get(ch.ident, 0)
-        new = old | bit if ch.flags & KQ_EV_ADD else old & ~bit
-        if not old and not new:
-            raise OSError(errno.ENOENT, "no such kevent")
-        if new:
-            try:
-                if old:
-                    self.ep.modify(ch.ident, new | select.EPOLLET)
-                else:
-                    self.ep.register(ch.ident, new | select.EPOLLET)
-            except FileNotFoundError:  # the old fd was closed (epoll forgot it) and its number reused
-                self.ep.register(ch.ident, new | select.EPOLLET)
-            self.filters[ch.ident] = new
-        else:
-            self.filters.pop(ch.ident, None)
-            self.ep.unregister(ch.ident)
-
-    def control(self, changes: Any, max_events: int, timeout: float | None = None) -> list[FakeKevent]:
-        out: list[FakeKevent] = []
-        for ch in changes or ():
-            try:
-                self._apply(ch)
-            except OSError as exc:
-                out.append(FakeKevent(ch.ident, ch.filter, KQ_EV_ERROR, data=exc.errno or 0))
-        if max_events == 0:
-            return out
-        wait = 0 if out else (-1 if timeout is None else timeout)
-        eof_bits = select.EPOLLHUP | select.EPOLLRDHUP | select.EPOLLERR
-        for fd, mask in self.ep.poll(wait, max(1, max_events // 2)):  # two kevents per fd at most
-            interest = self.filters.get(fd, 0)
-            eof = 0x8000 if mask & eof_bits else 0  # EV_EOF
-            if interest & select.EPOLLIN and mask & (select.EPOLLIN | eof_bits):
-                out.append(FakeKevent(fd, KQ_FILTER_READ, eof))
-            if interest & select.EPOLLOUT and mask & (select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR):
-                out.append(FakeKevent(fd, KQ_FILTER_WRITE, eof))
-        return out
-
-    def close(self) -> None:
-        self.ep.close()
-
-
 @pytest.fixture
 def recording_kernel(monkeypatch):
     kq = RecordingKqueue()
@@ -337,8 +265,7 @@ def recording_kernel(monkeypatch):
 def epoll_kernel(monkeypatch):
     if not hasattr(select, "epoll"):
         pytest.skip("the stand-in kernel is built on Linux epoll")
-    monkeypatch.setattr(kqueue_module, "_new_kqueue", EpollBackedKqueue)
-    monkeypatch.setattr(kqueue_module, "_kevent", FakeKevent)
+    install_macos_kernel(monkeypatch)  # the contract suite's stand-in (tests/standin_kernels.py)
 
 
 @pytest.fixture

@@ -238,6 +238,7 @@ BOOL WINAPI WSAGetOverlappedResult(SOCKET s, LPWSAOVERLAPPED lpOverlapped, LPDWO
 int WINAPI WSAGetLastError(void);
 SOCKET WINAPI WSASocketW(int af, int type, int protocol, void *lpProtocolInfo, GROUP g, DWORD dwFlags);
 int WINAPI closesocket(SOCKET s);
+int WINAPI setsockopt(SOCKET s, int level, int optname, const char *optval, int optlen);
 """
 
 ffi = cffi.FFI()
@@ -266,6 +267,7 @@ WSA_FLAG_OVERLAPPED = 0x01
 WSA_FLAG_NO_HANDLE_INHERIT = 0x80
 WSA_FLAG_REGISTERED_IO = 0x100
 
+SOL_SOCKET = 0xFFFF  # Winsock's value (Linux's socket.SOL_SOCKET is 1): for ws2_32.setsockopt
 SO_UPDATE_ACCEPT_CONTEXT = 0x700B
 SO_UPDATE_CONNECT_CONTEXT = 0x7010
 

@@ -33,7 +33,6 @@ Facts about the kernel API that shaped this module:
 from __future__ import annotations
 
 import socket
-import struct
 import sys
 import time
 from typing import Any, ClassVar
@@ -80,6 +79,14 @@ _never_returned: list[Any] = []
 def map_windows_error(code: int) -> int:
     """A Windows error (Winsock or Win32) -> `ErrorCode` where the seed maps it, else the code."""
     return map_wsa_error(_WIN32_TO_WSA.get(code, code))
+
+
+def _is_bound(sock: socket.socket) -> bool:
+    """Winsock's getsockname fails (WSAEINVAL) on an unbound socket; other stacks report port 0."""
+    try:
+        return sock.getsockname()[1] != 0
+    except OSError:
+        return False
 
 
 class _Request:
@@ -249,9 +256,7 @@ class IocpProvider(QueuedProvider):
         assert sock is not None
         try:
             connect_ex = self._extension(sock, win.WSAID_CONNECTEX, "LPFN_CONNECTEX")
-            try:
-                sock.getsockname()
-            except OSError:  # ConnectEx requires a bound socket (WSAEINVAL otherwise)
+            if not _is_bound(sock):  # ConnectEx requires a bound socket (WSAEINVAL otherwise)
                 sock.bind(("::", 0) if sock.family == socket.AF_INET6 else ("0.0.0.0", 0))
             name, namelen = win.sockaddr_from_address(sock.family, op.address)
         except OSError as exc:
@@ -394,26 +399,36 @@ class IocpProvider(QueuedProvider):
         elif op_type == OpType.ACCEPT:
             self._accepted(op, req)
         elif op_type == OpType.CONNECT:
-            sock = op.sock
-            assert sock is not None
-            try:
-                # Makes getpeername/shutdown work on a ConnectEx socket.
-                sock.setsockopt(socket.SOL_SOCKET, win.SO_UPDATE_CONNECT_CONTEXT, None, 0)
-            except OSError as exc:
-                self._complete(op, Status.ERROR, 0, map_windows_error(getattr(exc, "winerror", None) or 0))
+            # Makes getpeername/shutdown work on a ConnectEx socket.
+            err = self._update_context(op.fd, win.SO_UPDATE_CONNECT_CONTEXT, ffi.NULL, 0)
+            if err:
+                self._complete(op, Status.ERROR, 0, map_windows_error(err))
                 return
             self._complete(op, Status.SUCCESS, 0, 0)
+
+    def _update_context(self, fd: int, option: int, value: Any, size: int) -> int:
+        """setsockopt(SOL_SOCKET, SO_UPDATE_*_CONTEXT) through ws2_32 (Winsock's SOL_SOCKET is
+        0xFFFF); returns 0 or the Winsock error."""
+        ws2 = self._k().ws2_32
+        if ws2.setsockopt(win.socket_of(fd), win.SOL_SOCKET, option, ffi.cast("char *", value), size) == 0:
+            return 0
+        return int(ws2.WSAGetLastError())
 
     def _accepted(self, op: Operation, req: _Request) -> None:
         accept_sock = req.accept_sock
         listen_sock = op.sock
         assert accept_sock is not None and listen_sock is not None
         req.accept_sock = None
+        # Inherit the listening socket's properties; getpeername/shutdown work afterwards.
+        listen_handle = ffi.new("SOCKET *", listen_sock.fileno())
+        err = self._update_context(
+            accept_sock.fileno(), win.SO_UPDATE_ACCEPT_CONTEXT, listen_handle, ffi.sizeof("SOCKET")
+        )
+        if err:
+            accept_sock.close()
+            self._complete(op, Status.ERROR, 0, map_windows_error(err))
+            return
         try:
-            # Inherit the listening socket's properties; getpeername/shutdown work afterwards.
-            accept_sock.setsockopt(
-                socket.SOL_SOCKET, win.SO_UPDATE_ACCEPT_CONTEXT, struct.pack("@P", listen_sock.fileno())
-            )
             get_addrs = self._extension(
                 listen_sock, win.WSAID_GETACCEPTEXSOCKADDRS, "LPFN_GETACCEPTEXSOCKADDRS"
             )
