@@ -33,7 +33,7 @@ class SessionId(NamedTuple):
 class OpContext:
     """The user_context of every provider operation of one session."""
 
-    __slots__ = ("closed", "generation", "id", "pending", "recv_buf", "ref", "slot", "sock")
+    __slots__ = ("closed", "generation", "id", "pending", "recv_buf", "ref", "short_reads", "slot", "sock")
 
     def __init__(self, session_id: SessionId, session: Any, sock: socket.socket) -> None:
         self.id = session_id
@@ -44,6 +44,7 @@ class OpContext:
         self.recv_buf: Buffer | None = None  # on loan while a recv is in flight
         self.pending = 0  # provider operations posted and not yet completed
         self.closed = False  # the session is finished; close the socket when pending reaches 0
+        self.short_reads = 0  # reads in a row that a small receive buffer would have held
 
     def __repr__(self) -> str:
         return f"OpContext({self.id}, pending={self.pending}, closed={self.closed})"

@@ -35,11 +35,16 @@ log = structlog.get_logger("framework.session")
 
 _monotonic = time.monotonic
 _SUCCESS = Status.SUCCESS
-_DRAIN_LINGER_S = 0.5
+_DRAIN_LINGER_S = 0.5  # after the last FIN of a shutdown, how long peers get to close their side
 _MAX_ATTEMPTS = 3  # process_completions attempts per loop turn before the loop gives up
 _RETRY_BACKOFF_S = 0.010
+# Receive buffers: a session starts on a small one (an idle connection holds little memory) and
+# moves to a large one when a read fills the small one; after this many reads in a row that would
+# have fitted the small one it moves back (hysteresis, so a bursty stream does not flap).
+_SMALL_RECV_BUFFER = 2048
+_SHRINK_AFTER_READS = 8
 _ERROR_RATE_WINDOW = 200  # loop calls per error-rate check
-_ERROR_RATE_PERCENT = 5  # after the last FIN of a shutdown, how long peers get to close their side
+_ERROR_RATE_PERCENT = 5
 
 
 # ---------------------------------------------------------------------------------------------- timers
@@ -136,7 +141,9 @@ class Task:
 class SessionHost:
     """Completion loop + sessions. Server and Client subclass it."""
 
-    def __init__(self, settings: Any, session_class: type[Session], *, provider: AsyncIOProvider | None = None):
+    def __init__(
+        self, settings: Any, session_class: type[Session], *, provider: AsyncIOProvider | None = None
+    ):
         if not (isinstance(session_class, type) and issubclass(session_class, Session)):
             raise TypeError(f"session_class must be a Session subclass, got {session_class!r}")
         self.settings = settings
@@ -209,6 +216,7 @@ class SessionHost:
             b.initial_buffers,
             b.max_buffers,
             register=b.register_with_kernel,
+            small_size=min(_SMALL_RECV_BUFFER, b.recv_buffer_size // 2),
         )
         self.now = _monotonic()
         if self._idle_timeout > 0 or self._heartbeat > 0 or self._drain_timeout > 0:
@@ -381,7 +389,7 @@ class SessionHost:
 
     def _dispatch(self, session: Session, msgs: list[Any]) -> None:
         if session._task is not None or session._backlog:
-            session._backlog.extend(msgs)
+            self._defer(session, msgs)
             return
         handler = session.on_message
         for i, msg in enumerate(msgs):
@@ -395,8 +403,17 @@ class SessionHost:
             if r is not None:
                 self._start_task(session, r)
                 if session._task is not None:
-                    session._backlog.extend(msgs[i + 1 :])
+                    self._defer(session, msgs[i + 1 :])
                     return
+
+    @staticmethod
+    def _defer(session: Session, msgs: list[Any]) -> None:
+        """Queue messages behind a running async handler (the deque exists only while needed:
+        an empty deque costs ~600 bytes per session)."""
+        if not session._backlog:
+            session._backlog = deque(msgs)
+        else:
+            session._backlog.extend(msgs)
 
     def _dispatch_one(self, session: Session, msg: Any) -> None:
         try:
@@ -408,7 +425,9 @@ class SessionHost:
             self._start_task(session, r)
 
     # ------------------------------------------------------------------ session lifecycle
-    def _new_session(self, session_class: type[Session], sock: socket.socket, peer: Any, state: int) -> Session:
+    def _new_session(
+        self, session_class: type[Session], sock: socket.socket, peer: Any, state: int
+    ) -> Session:
         session = session_class()
         sid = self.registry.add(session)
         session._attach(self, sid, sock, peer, state)
@@ -433,7 +452,7 @@ class SessionHost:
     def _post_recv(self, ctx: OpContext, buf: Any) -> None:
         pool = self.pool
         if buf is None:
-            buf = pool.acquire()
+            buf = pool.acquire_small()
             if buf is None:
                 # Backpressure: no buffer until one is released; counted and logged, retried later.
                 self.recv_deferred += 1
@@ -479,7 +498,7 @@ class SessionHost:
         session._state = CLOSING
         session._close_reason = reason
         session._close_deadline = self.now + self._drain_timeout
-        session._backlog.clear()
+        session._backlog = ()
         self._closing.add(session)
         if not session._out and not session._sending:
             self._half_close(session)
@@ -504,7 +523,9 @@ class SessionHost:
             self.slow_consumers += 1
             try:
                 # Reset rather than leave megabytes to an orphaned socket that is not read.
-                session._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                session._sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
             except OSError:
                 pass
         log.info("session aborted", session=str(session.id), peer=session.peer, reason=reason)
@@ -528,7 +549,7 @@ class SessionHost:
         if ctx.pending == 0:
             self._release_ctx(ctx)
         session._out.clear()
-        session._backlog.clear()
+        session._backlog = ()
         session._out_bytes = 0
         task = session._task
         if task is not None:
@@ -561,15 +582,19 @@ class SessionHost:
         ctx.pending -= 1
         buf = ctx.recv_buf
         ctx.recv_buf = None
-        session = self.registry.resolve(ctx)
+        # registry.resolve, inlined for the hot path; resolve() itself counts and logs a stale one.
+        registry = self.registry
+        slot = ctx.slot
+        session = registry._sessions[slot] if registry._generations[slot] == ctx.generation else None
         if session is None:
+            registry.resolve(ctx)
             if buf is not None:
                 self.pool.release(buf)
             if ctx.pending <= 0 and ctx.closed:
                 self._release_ctx(ctx)
             return
         n = result.bytes_transferred
-        if result.status != _SUCCESS or n == 0:
+        if n == 0 or result.status != _SUCCESS:
             if buf is not None:
                 self.pool.release(buf)
             if result.status == _SUCCESS:
@@ -600,6 +625,23 @@ class SessionHost:
             session._last_frame = self.now
             session.frames_in += frames
             self.frames_in += frames
+        # Size class of the next receive buffer (see _SMALL_RECV_BUFFER).
+        pool = self.pool
+        size = buf.size
+        if n == size:
+            ctx.short_reads = 0
+            if size != pool.buffer_size:  # a small buffer filled up: more is probably waiting
+                pool.release(buf)
+                buf = pool.acquire()  # cannot hit the cap: one buffer was just released
+        elif pool.small_size and size == pool.buffer_size:
+            if n < pool.small_size:
+                ctx.short_reads += 1
+                if ctx.short_reads >= _SHRINK_AFTER_READS:
+                    ctx.short_reads = 0
+                    pool.release(buf)
+                    buf = pool.acquire_small()
+            else:
+                ctx.short_reads = 0
         self._post_recv(ctx, buf)
         if msgs:
             self._dispatch(session, msgs)
@@ -623,8 +665,11 @@ class SessionHost:
 
     def _on_send(self, result: CompletionResult, ctx: OpContext) -> None:
         ctx.pending -= 1
-        session = self.registry.resolve(ctx)
+        registry = self.registry  # resolve(), inlined as in _on_recv
+        slot = ctx.slot
+        session = registry._sessions[slot] if registry._generations[slot] == ctx.generation else None
         if session is None:
+            registry.resolve(ctx)
             if ctx.pending <= 0 and ctx.closed:
                 self._release_ctx(ctx)
             return
@@ -655,8 +700,9 @@ class SessionHost:
             return
         if result.status != _SUCCESS:
             reason = "connect failed: " + (
-                "connection refused" if result.error_code == ErrorCode.CONNECTION_REFUSED else
-                self._error_reason("connect", result)
+                "connection refused"
+                if result.error_code == ErrorCode.CONNECTION_REFUSED
+                else self._error_reason("connect", result)
             )
             self._finalize(session, reason)
             return
@@ -665,23 +711,29 @@ class SessionHost:
     # ------------------------------------------------------------------ flush
     def _flush(self) -> None:
         dirty = self._dirty
-        provider = self.provider
+        send_async = self.provider.send_async
         on_send = self._on_send
+        now = self.now
         frames = 0
         for session in dirty:
             session._dirty = False
             out = session._out
-            if session._sending or not out or session._state == CLOSED or session._state == CONNECTING:
+            # Only OPEN (1) and CLOSING (2) sessions send; one send in flight keeps frames in order.
+            if session._sending or not out or not 0 < session._state < CLOSED:
                 continue
-            data = out[0] if len(out) == 1 else b"".join(out)
-            frames += len(out)
+            if len(out) == 1:
+                data = out[0]
+                frames += 1
+            else:
+                data = b"".join(out)
+                frames += len(out)
             out.clear()
             session._out_bytes = 0
             session._inflight = len(data)
             session._sending = True
-            session._last_send = self.now
+            session._last_send = now
             ctx = session._ctx
-            if provider.send_async(session._sock, data, on_send, ctx):
+            if send_async(session._sock, data, on_send, ctx):
                 ctx.pending += 1
             else:
                 session._sending = False
@@ -772,7 +824,9 @@ class SessionHost:
             if until <= 0:
                 timeout_ms = 0
             else:
-                timeout_ms = min(timeout_ms, int(until * 1000) + 1) if timeout_ms >= 0 else int(until * 1000) + 1
+                timeout_ms = (
+                    min(timeout_ms, int(until * 1000) + 1) if timeout_ms >= 0 else int(until * 1000) + 1
+                )
         results = self._results
         n = self.provider.process_completions(timeout_ms, self._batch, results)
         self._loop_calls += 1
@@ -807,7 +861,9 @@ class SessionHost:
                     error=repr(err),
                     detail=str(err.user_context) if err is not None else "",
                 )
-                raise ProviderError(f"{provider.name}: process_completions failed {_MAX_ATTEMPTS} times: {err!r}")
+                raise ProviderError(
+                    f"{provider.name}: process_completions failed {_MAX_ATTEMPTS} times: {err!r}"
+                )
             log.warning(
                 "process_completions failed; retrying",
                 backend=provider.name,

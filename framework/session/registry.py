@@ -36,6 +36,8 @@ class Group:
         if session.closed or session.id in self._members:
             return False
         self._members[session.id] = session
+        if session._groups is None:
+            session._groups = set()
         session._groups.add(self)
         return True
 
@@ -109,7 +111,7 @@ class SessionRegistry:
         sid = session.id
         if sid is None or not self.is_current(sid) or self._sessions[sid.slot] is not session:
             return False
-        for group in list(session._groups):
+        for group in list(session._groups or ()):
             group.discard(session)
         self._sessions[sid.slot] = None
         self._generations[sid.slot] += 1

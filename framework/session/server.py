@@ -30,6 +30,8 @@ from framework.session.session import Session
 
 log = structlog.get_logger("framework.session")
 
+_SUCCESS = Status.SUCCESS
+
 # Resource exhaustion on accept: back off and retry (the listener stays healthy). ENOBUFS arrives
 # mapped to BUFFER_TOO_SMALL by the seed's table.
 _ACCEPT_BACKOFF_ERRORS = frozenset(
@@ -37,16 +39,24 @@ _ACCEPT_BACKOFF_ERRORS = frozenset(
 )
 _BACKOFF_MIN_S = 0.1
 _BACKOFF_MAX_S = 1.0
+# Accepts kept posted per listener. With one, a burst of connects is accepted one per trip through
+# the completion queue: while broadcasting to thousands of sessions that queue holds thousands of
+# send completions, so the re-posted accept completed about once per tick (5,000 connects took
+# minutes). Several posted accepts complete together in one trip.
+_ACCEPTS_POSTED = 64
 
 
 class _Listener:
-    __slots__ = ("address", "backoff", "closed", "sock")
+    __slots__ = ("address", "backoff", "closed", "ops", "retry", "sock", "target")
 
-    def __init__(self, sock: socket.socket, address: tuple[str, int]) -> None:
+    def __init__(self, sock: socket.socket, address: tuple[str, int], target: int) -> None:
         self.sock = sock
         self.address = address
         self.closed = False
         self.backoff = 0.0
+        self.ops: set[int] = set()  # operation ids of the accepts in flight
+        self.target = target  # accepts to keep in flight
+        self.retry: Any = None  # the back-off Timer, while one is scheduled
 
 
 class Server(SessionHost):
@@ -95,7 +105,7 @@ class Server(SessionHost):
                 sock.close()
                 self._close_listeners()
                 raise OSError(f"cannot register listener: {getattr(provider, 'last_error', '')}")
-            listener = _Listener(sock, (host, bound_port))
+            listener = _Listener(sock, (host, bound_port), max(1, min(cfg.backlog, _ACCEPTS_POSTED)))
             self._listeners.append(listener)
             self.addresses.append((host, bound_port))
             self._post_accept(listener)
@@ -143,24 +153,47 @@ class Server(SessionHost):
 
     # ------------------------------------------------------------------ accept
     def _post_accept(self, listener: _Listener) -> None:
-        if listener.closed or self._stopping:
+        """Top the listener up to `target` accepts in flight (none while backing off)."""
+        if listener.closed or self._stopping or listener.retry is not None:
             return
-        if not self.provider.accept_async(listener.sock, self._on_accept, listener):
-            log.error("accept could not be posted; retrying", address=listener.address)
-            self.call_later(_BACKOFF_MAX_S, lambda: self._post_accept(listener))
+        provider = self.provider
+        on_accept = self._on_accept
+        ops = listener.ops
+        while len(ops) < listener.target:
+            op_id = provider.accept_async(listener.sock, on_accept, listener)
+            if not op_id:
+                log.error("accept could not be posted; retrying", address=listener.address)
+                self._retry_accepts(listener, _BACKOFF_MAX_S)
+                return
+            ops.add(op_id)
+
+    def _retry_accepts(self, listener: _Listener, delay: float) -> None:
+        if listener.retry is None:
+            listener.retry = self.call_later(delay, lambda: self._accept_retry_due(listener))
+
+    def _accept_retry_due(self, listener: _Listener) -> None:
+        listener.retry = None
+        self._post_accept(listener)
 
     def _on_accept(self, result: CompletionResult, listener: _Listener) -> None:
-        if result.status == Status.SUCCESS:
+        listener.ops.discard(result.operation_id)
+        status = result.status
+        if status == _SUCCESS:
             listener.backoff = 0.0
             self._post_accept(listener)  # keep the backlog draining
             sock, peer = result.accepted
             self._accepted(sock, peer)
             return
-        if listener.closed or self._stopping or result.status == Status.CANCELLED:
+        if listener.closed or self._stopping:
+            return
+        if status == Status.CANCELLED:
+            self._post_accept(listener)  # cancelled by a back-off: refilled once that is over
             return
         self.accept_errors += 1
         code = result.error_code
         if code in _ACCEPT_BACKOFF_ERRORS:
+            if listener.retry is not None:
+                return  # another accept of this burst already scheduled the retry
             listener.backoff = min(_BACKOFF_MAX_S, max(_BACKOFF_MIN_S, listener.backoff * 2))
             log.warning(
                 "accept failed: out of resources; backing off",
@@ -168,7 +201,11 @@ class Server(SessionHost):
                 error=describe(code),
                 retry_in_s=listener.backoff,
             )
-            self.call_later(listener.backoff, lambda: self._post_accept(listener))
+            self._retry_accepts(listener, listener.backoff)
+            # The other posted accepts would wait for a readiness edge that this failure consumed
+            # (epoll): withdraw them; the retry posts fresh ones, which try accept() at once.
+            for op_id in list(listener.ops):
+                self.provider.cancel(op_id)
         else:
             # ECONNABORTED and friends concern one connection only.
             log.info("accept failed; continuing", address=listener.address, error_code=code)
@@ -309,7 +346,11 @@ class Server(SessionHost):
     @property
     def stats(self) -> dict[str, Any]:
         out = super().stats
-        out.update(refused=self.refused, accept_errors=self.accept_errors)
+        out.update(
+            refused=self.refused,
+            accept_errors=self.accept_errors,
+            accepts_posted=sum(len(listener.ops) for listener in self._listeners),
+        )
         return out
 
     # ------------------------------------------------------------------ workers

@@ -112,9 +112,9 @@ class Session:
         self._write_high = host._write_high
         self._write_low = host._write_low
         self._write_cap = host._write_cap
-        self._groups: set[Group] = set()
+        self._groups: set[Group] | None = None  # created on the first Group.add
         self._task: Task | None = None
-        self._backlog: deque[Any] = deque()
+        self._backlog: deque[Any] | tuple[()] = ()  # a deque while messages wait (see SessionHost._defer)
         self._close_reason = ""
         self._close_deadline = 0.0
         self._drained = False
