@@ -8,7 +8,8 @@ Default mode: a server written directly on the provider contract (accept_async, 
 into one registered buffer per connection, send_async of the received bytes, recv re-posted at once),
 driven by the C load client of the main harness (`benchmarks/loadgen.c`, same pinning). Echoing the
 received bytes unchanged keeps the client's frames intact, so the client needs no special mode. The
-number is the server's CPU µs per echoed frame; `--profile DIR` runs the server under cProfile and
+number is the server's CPU µs per echoed frame, split into user and system time (system time is
+mostly the kernel's own TCP work); `--profile DIR` runs the server under cProfile and
 writes DIR/<backend>.prof (profiling inflates absolute times; read it for where time goes).
 
 `--session`: the same client against the real servers of the main harness (`examples.echo` and the

@@ -78,7 +78,7 @@ class CompletionResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == Status.SUCCESS
+        return self.status == 0  # Status.SUCCESS; looking the member up costs more than the compare
 
     def __repr__(self) -> str:
         op = self.op_type.name if self.op_type is not None else "?"

@@ -68,7 +68,7 @@ int fw_prep_recv(fw_ring *r, int fd, int fixed_file, char *buf, unsigned len,
                  uint64_t ud, int64_t timeout_ns);
 int fw_prep_write_fixed(fw_ring *r, int fd, int fixed_file, char *buf, size_t off, unsigned len,
                         int buf_index, uint64_t ud, int64_t timeout_ns);
-int fw_prep_read_fixed(fw_ring *r, int fd, int fixed_file, char *buf, unsigned len,
+int fw_prep_read_fixed(fw_ring *r, int fd, int fixed_file, char *buf, size_t off, unsigned len,
                        int buf_index, uint64_t ud, int64_t timeout_ns);
 int fw_prep_accept(fw_ring *r, int fd, int fixed_file, int multishot, uint64_t ud);
 int fw_prep_connect(fw_ring *r, int fd, int fixed_file, char *addr, unsigned addrlen,
@@ -255,12 +255,14 @@ static int fw_prep_write_fixed(fw_ring *r, int fd, int fixed_file, char *buf, si
     return 0;
 }
 
-static int fw_prep_read_fixed(fw_ring *r, int fd, int fixed_file, char *buf, unsigned len,
+/* `buf` is the registered buffer's base (one cffi handle per buffer, made at registration), so a
+   receive into a slice of it needs no per-operation handle: the slice is `off`. */
+static int fw_prep_read_fixed(fw_ring *r, int fd, int fixed_file, char *buf, size_t off, unsigned len,
                               int buf_index, uint64_t ud, int64_t timeout_ns)
 {
     struct io_uring_sqe *sqe = fw_get(r, FW_NEED(timeout_ns));
     if (!sqe) return -EBUSY;
-    io_uring_prep_read_fixed(sqe, fd, buf, len, 0, buf_index);
+    io_uring_prep_read_fixed(sqe, fd, buf + off, len, 0, buf_index);
     fw_finish(r, sqe, fixed_file, ud, timeout_ns);
     return 0;
 }
@@ -395,7 +397,11 @@ def build_inplace() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         built = ffibuilder.compile(tmpdir=tmp, verbose=False)
         target = os.path.join(here, os.path.basename(built))
-        shutil.copy2(built, target)
+        # Copy beside the target, then rename: a process that has the old extension mapped keeps
+        # its (unlinked) inode; overwriting the mapped file in place could crash it.
+        staging = target + ".new"
+        shutil.copy2(built, staging)
+        os.replace(staging, target)
     return target
 
 

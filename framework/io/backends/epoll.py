@@ -8,6 +8,8 @@ Facts about the kernel API that shaped this module:
 - Each socket is registered once, edge-triggered (EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET). An edge is
   reported once per state change. Level-triggered epoll would report EPOLLHUP/EPOLLERR of a socket
   whose peer is gone on every wait and make an idle loop spin; edge-triggered it is reported once.
+- Every arrival of data on a socket wakes its epoll waiters (a new edge even when unread data was
+  already queued), so a short read proves the queue empty until the next edge: `SHORT_READ_DRAINS`.
 - EPOLLHUP/EPOLLERR/EPOLLRDHUP count as "readable" (the recv then returns 0 or the error) and
   EPOLLHUP/EPOLLERR as "writable" (a pending connect reads SO_ERROR, a send gets the error).
 - `epoll.poll` returns (fd, mask) pairs in one call, up to `max_events`; readiness beyond that is
@@ -43,6 +45,8 @@ class EpollProvider(ReadinessProvider):
     name = "epoll"
     READ_EVENTS = _EPOLLIN | _EPOLLERR | _EPOLLHUP | _EPOLLRDHUP
     WRITE_EVENTS = _EPOLLOUT | _EPOLLERR | _EPOLLHUP
+    SHORT_READ_DRAINS = True
+    HANGUP_EVENTS = _EPOLLERR | _EPOLLHUP | _EPOLLRDHUP
 
     @staticmethod
     def probe() -> None:

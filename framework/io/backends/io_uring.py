@@ -86,6 +86,7 @@ _MAX_FIXED_BUFFERS = 1024
 _ACCEPT_BACKLOG_CAP = 128  # accepted-but-unclaimed fds before multishot accept is paused
 _SHUTDOWN_WAIT_S = 5.0
 _CANCEL_ERRNOS = (errno.ECANCELED, errno.EINTR)
+_SQ_FULL = -errno.EBUSY  # what a fw_prep_* returns when the SQ has no room
 
 _SUCCESS = Status.SUCCESS
 _RECV = OpType.RECV
@@ -203,6 +204,9 @@ class IoUringProvider(QueuedProvider):
         self._file_slots: deque[int] = deque()
         self._buffer_slots: deque[int] = deque()
         self._fixed_buffer_of: dict[int, int] = {}  # buffer id -> kernel fixed-buffer index
+        # buffer id -> (fixed-buffer index, cffi handle of the whole buffer, its length): a receive
+        # into a slice passes base + offset to C, no handle made per operation
+        self._fixed_base: dict[int, tuple[int, Any, int]] = {}
         self._multishot_accepts = 0
         self._short_sends = 0
         self._leaked_ring = False
@@ -266,6 +270,7 @@ class IoUringProvider(QueuedProvider):
         self._cancelling.clear()
         self._listeners.clear()
         self._fixed_buffer_of.clear()
+        self._fixed_base.clear()
 
     def _backend_cancel_all(self) -> None:
         """Cancel every request the kernel holds and wait for every CQE (buffers stay pinned until
@@ -349,13 +354,45 @@ class IoUringProvider(QueuedProvider):
                     self._ring, st.io_fd, st.slot >= 0, op.token, len(op.buf), op.op_id, tmo
                 )
         else:
-            args = (self._ring, st.io_fd, st.slot >= 0, op.token, len(op.buf), buf_index, op.op_id, tmo)
+            args = (self._ring, st.io_fd, st.slot >= 0, op.token, 0, len(op.buf), buf_index, op.op_id, tmo)
             rc = lib.fw_prep_read_fixed(*args)
             if rc == -errno.EBUSY:
                 self._flush()
                 rc = lib.fw_prep_read_fixed(*args)
         if rc < 0:
             self._fail(op, -rc)
+
+    def send_async(self, sock, data, callback=None, context=None, timeout_ms=None) -> int:
+        # The base version minus the memoryview for `bytes` (from_buffer takes bytes as they are)
+        # and minus the user-space timeout heap (the kernel times the send: a linked timeout).
+        if not self._initialized or self._closed:
+            self.last_error = "provider is not initialized"
+            return 0
+        buf = data if type(data) is bytes else as_memoryview(data)
+        op = self._new_op(_SEND, sock, buf, callback, context)
+        entry = op.entry
+        if entry is None:
+            return op.op_id
+        st: _UringSocket = entry.state
+        timed = timeout_ms is not None and timeout_ms >= 0
+        if timed or st.sending is not None:
+            if timed:
+                op.deadline = time.monotonic_ns() + timeout_ms * 1_000_000
+            self._backend_send(op)
+            return op.op_id
+        # The common case, _backend_send + _submit_send inlined: the socket's only send, no timeout.
+        st.sending = op
+        op.token = token = self._ffi.from_buffer(buf)
+        lib = self._lib
+        op_id = op.op_id
+        rc = lib.fw_prep_send(self._ring, st.io_fd, st.slot >= 0, token, 0, len(buf), op_id, -1)
+        if rc == _SQ_FULL:
+            self._flush()
+            rc = lib.fw_prep_send(self._ring, st.io_fd, st.slot >= 0, token, 0, len(buf), op_id, -1)
+        if rc < 0:
+            self._fail(op, -rc)
+            self._next_send(st)
+        return op_id
 
     def _backend_send(self, op: Operation) -> None:
         st: _UringSocket = op.entry.state
@@ -376,11 +413,14 @@ class IoUringProvider(QueuedProvider):
         remaining = len(op.buf) - op.done
         buf_index = op.address
         if buf_index is None:
-            args = (self._ring, st.io_fd, st.slot >= 0, op.token, op.done, remaining, op.op_id, tmo)
-            rc = lib.fw_prep_send(*args)
-            if rc == -errno.EBUSY:
+            rc = lib.fw_prep_send(
+                self._ring, st.io_fd, st.slot >= 0, op.token, op.done, remaining, op.op_id, tmo
+            )
+            if rc == _SQ_FULL:
                 self._flush()
-                rc = lib.fw_prep_send(*args)
+                rc = lib.fw_prep_send(
+                    self._ring, st.io_fd, st.slot >= 0, op.token, op.done, remaining, op.op_id, tmo
+                )
         else:
             args = (
                 self._ring,
@@ -517,6 +557,7 @@ class IoUringProvider(QueuedProvider):
         lib, ring, view = self._lib, self._ring, self._cqe_view
         n = lib.fw_submit_wait_reap(ring, timeout_ms, self._cqes, _CQE_BATCH)
         pending = self._pending
+        complete = self._complete
         while True:
             if n < 0:
                 raise OSError(-n, f"io_uring_enter: {os.strerror(-n)}")
@@ -524,13 +565,27 @@ class IoUringProvider(QueuedProvider):
                 op = pending.get(ud)
                 if op is None:
                     self._internal_cqe(ud, res, flags)
-                elif res < 0:
+                    continue
+                if res < 0:
                     self._op_failed(op, -res)
-                elif op.op_type is _RECV:
-                    self._complete(op, _SUCCESS, res, 0)
-                elif op.op_type is _SEND:
-                    self._send_progress(op, res)
-                elif op.op_type is _CONNECT:
+                    continue
+                t = op.op_type
+                if t is _RECV:
+                    complete(op, _SUCCESS, res, 0)
+                elif t is _SEND:
+                    done = op.done + res
+                    if done == len(op.buf):  # the common case: all written, inlined
+                        op.done = done
+                        complete(op, _SUCCESS, done, 0)
+                        st = op.entry.state
+                        if st.sending is op:
+                            if st.send_queue:
+                                self._next_send(st)
+                            else:
+                                st.sending = None
+                    else:
+                        self._send_progress(op, res)
+                elif t is _CONNECT:
                     self._complete(op, _SUCCESS, 0, 0)
                 else:  # single-shot accept
                     if op.op_id in self._cancelling and self._closed:
@@ -644,10 +699,12 @@ class IoUringProvider(QueuedProvider):
             self._buffer_slots.appendleft(slot)  # e.g. RLIMIT_MEMLOCK: stays a user-space registration
             return buffer_id
         self._fixed_buffer_of[buffer_id] = slot
+        self._fixed_base[buffer_id] = (slot, handle, len(mv))
         return buffer_id
 
     def unregister_buffer(self, buffer_id: int) -> bool:
         slot = self._fixed_buffer_of.pop(buffer_id, None)
+        self._fixed_base.pop(buffer_id, None)
         if slot is not None and self._ring is not None:
             # In-flight operations keep the kernel's reference (and their memoryview) until done.
             self._lib.fw_update_buffer(self._ring, slot, self._ffi.NULL, 0)
@@ -658,7 +715,38 @@ class IoUringProvider(QueuedProvider):
         return self._registered_op(_SEND, sock, buffer_id, offset, length, callback, context)
 
     def recv_async_registered(self, sock, buffer_id, offset, max_length, callback=None, context=None) -> int:
-        return self._registered_op(_RECV, sock, buffer_id, offset, max_length, callback, context)
+        fixed = self._fixed_base.get(buffer_id)
+        if (
+            fixed is None
+            or not self._initialized
+            or self._closed
+            or offset < 0
+            or max_length <= 0
+            or offset + max_length > fixed[2]
+        ):  # the general path reports every error case
+            return self._registered_op(_RECV, sock, buffer_id, offset, max_length, callback, context)
+        # The hot path of a session's receive loop: the operation holds the whole buffer's handle
+        # (which keeps the memory alive until the CQE) and C gets base + offset.
+        slot, base, _size = fixed
+        op = self._new_op(_RECV, sock, base, callback, context)
+        entry = op.entry
+        if entry is None:
+            return op.op_id
+        op.address = slot
+        op.token = base
+        st: _UringSocket = entry.state
+        lib = self._lib
+        rc = lib.fw_prep_read_fixed(
+            self._ring, st.io_fd, st.slot >= 0, base, offset, max_length, slot, op.op_id, -1
+        )
+        if rc == _SQ_FULL:
+            self._flush()
+            rc = lib.fw_prep_read_fixed(
+                self._ring, st.io_fd, st.slot >= 0, base, offset, max_length, slot, op.op_id, -1
+            )
+        if rc < 0:
+            self._fail(op, -rc)
+        return op.op_id
 
     def _registered_op(self, op_type, sock, buffer_id, offset, length, callback, context) -> int:
         if not self.initialized:

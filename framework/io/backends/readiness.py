@@ -15,6 +15,13 @@ Facts that shaped the shared part:
   send costs nothing. The price: an edge must never be lost, so an operation waits only after its
   syscall returned EAGAIN (the kernel then owes us an edge), and a queue of waiting operations is
   processed until EAGAIN again. A spurious event only costs one EAGAIN.
+- On a stream socket a short read (0 < n < buffer size) emptied the receive queue; any byte that
+  arrives later raises a new edge (not so for datagrams: one read takes one of several queued). Where the kernel guarantees that (epoll: every arrival wakes the waiters,
+  `SHORT_READ_DRAINS`), the next recv is queued for that edge instead of first trying a syscall
+  that would fail with EAGAIN (a wasted syscall plus a Python exception per receive in ping-pong
+  traffic). Any read edge clears it, even one that arrives while no recv is queued. Once the peer's
+  FIN or an error was reported (`HANGUP_EVENTS`) it is never set again: a FIN that came with the
+  data raises no further edge, and later recvs must see the EOF at once.
 - A partial write means the send buffer is full; the kernel reports writability when space frees,
   so the flush stops there without an extra EAGAIN probe.
 - A recv after EOF returns 0 at once, so queued recvs all complete with 0 once the peer closed (no
@@ -62,10 +69,13 @@ class ReadinessSocket:
     """Per-socket queues (stored in `SocketEntry.state`): FIFO, so operations on one socket
     complete in the order they were posted."""
 
-    __slots__ = ("acceptq", "connect_op", "recvq", "sendq", "sock")
+    __slots__ = ("acceptq", "always_try", "connect_op", "drained", "recvq", "sendq", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.drained = False  # the last read was short: wait for the next read edge
+        # FIN or error reported, or not a byte stream: never trust a short read (always try first)
+        self.always_try = sock.type != socket.SOCK_STREAM
         self.recvq: deque[Operation] = deque()
         self.sendq: deque[Operation] = deque()
         self.acceptq: deque[Operation] = deque()
@@ -75,8 +85,11 @@ class ReadinessSocket:
 class ReadinessProvider(QueuedProvider):
     """Completion-style provider on an edge-triggered readiness API; see the module docstring."""
 
+    _SEND_BYTES_AS_IS = True  # send/sendmsg take bytes; a partial send's rest is a (rare) copy
     READ_EVENTS: ClassVar[int] = 0  # event bits after which queued recvs/accepts are retried
     WRITE_EVENTS: ClassVar[int] = 0  # event bits after which connects/sends are retried
+    SHORT_READ_DRAINS: ClassVar[bool] = False  # see the module docstring; True only where proven
+    HANGUP_EVENTS: ClassVar[int] = 0  # event bits reporting the peer's FIN or an error
 
     def __init__(self) -> None:
         super().__init__()
@@ -158,18 +171,22 @@ class ReadinessProvider(QueuedProvider):
 
     # ------------------------------------------------------------------ operations
     def _backend_recv(self, op: Operation) -> None:
-        q = op.entry.state.recvq
-        if q:  # earlier recvs wait for an edge; keep FIFO order
+        st = op.entry.state
+        q = st.recvq
+        if q or st.drained:  # earlier recvs wait for an edge (FIFO), or the queue is known empty
             q.append(op)
             return
+        buf = op.buf
         try:
-            n = op.sock.recv_into(op.buf)
+            n = op.sock.recv_into(buf)
         except BlockingIOError:
             q.append(op)
             return
         except OSError as exc:
             self._fail(op, exc.errno or 0)
             return
+        if 0 < n < len(buf) and not st.always_try:
+            st.drained = self.SHORT_READ_DRAINS
         self._complete(op, _SUCCESS, n, 0)
 
     def _backend_send(self, op: Operation) -> None:
@@ -239,8 +256,9 @@ class ReadinessProvider(QueuedProvider):
         complete = self._complete
         while q:
             op = q[0]
+            buf = op.buf
             try:
-                n = recv_into(op.buf)
+                n = recv_into(buf)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -249,6 +267,9 @@ class ReadinessProvider(QueuedProvider):
                 continue  # the next recv sees EOF or the same error at once
             q.popleft()
             complete(op, _SUCCESS, n, 0)
+            if 0 < n < len(buf) and self.SHORT_READ_DRAINS and not st.always_try:
+                st.drained = True
+                return  # the rest wait for the next edge
 
     def _flush_sends(self, st: ReadinessSocket) -> None:
         q = st.sendq
@@ -348,6 +369,7 @@ class ReadinessProvider(QueuedProvider):
         sockets = self._sockets
         read_events = self.READ_EVENTS
         write_events = self.WRITE_EVENTS
+        hangup_events = self.HANGUP_EVENTS
         for fd, ev in events:
             entry = sockets.get(fd)
             if entry is None:
@@ -356,6 +378,9 @@ class ReadinessProvider(QueuedProvider):
                 continue
             st = entry.state
             if ev & read_events:
+                st.drained = False  # even with no recv queued: the next recv must try again
+                if ev & hangup_events:
+                    st.always_try = True
                 if st.recvq:
                     self._drain_recvs(st)
                 if st.acceptq:
