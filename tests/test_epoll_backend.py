@@ -119,3 +119,37 @@ def test_small_max_events_still_delivers_every_readiness(epoll, make_pair):
 
 def test_probe_passes_on_linux():
     EpollProvider.probe()  # raises BackendUnavailable elsewhere
+
+
+def test_accepts_queued_behind_emfile_recover_when_a_new_accept_is_posted(epoll, make_listener, sockets):
+    """EMFILE spends the edge that announced the waiting connections; the accepts still queued must
+    not wait for a connection that may never come: the next accept_async retries the syscall."""
+    import errno
+    import os
+    import resource
+
+    lst = make_listener()
+    assert epoll.register_socket(lst)
+    accepted = Collector()
+    first = [epoll.accept_async(lst, accepted, i) for i in range(3)]
+    clients = [socket.socket() for _ in range(2)]
+    sockets.extend(clients)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    probe = os.dup(0)  # the lowest free descriptor number: a limit there leaves none free
+    os.close(probe)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))
+        for c in clients:
+            c.connect(lst.getsockname())
+        pump(epoll, lambda: len(accepted) >= 1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    failed = accepted.by_id(first[0])
+    assert failed.status == Status.ERROR and failed.error_code == errno.EMFILE
+    assert len(accepted) == 1  # the other two stay queued, their edge spent
+    epoll.accept_async(lst, accepted, "after")
+    pump(epoll, lambda: len(accepted) == 3)
+    for op_id in first[1:]:
+        result = accepted.by_id(op_id)
+        assert result.status == Status.SUCCESS
+        sockets.append(result.accepted[0])

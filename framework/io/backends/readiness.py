@@ -69,7 +69,16 @@ class ReadinessSocket:
     """Per-socket queues (stored in `SocketEntry.state`): FIFO, so operations on one socket
     complete in the order they were posted."""
 
-    __slots__ = ("acceptq", "always_try", "connect_op", "drained", "recvq", "sendq", "sock")
+    __slots__ = (
+        "accept_stalled",
+        "acceptq",
+        "always_try",
+        "connect_op",
+        "drained",
+        "recvq",
+        "sendq",
+        "sock",
+    )
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -79,6 +88,9 @@ class ReadinessSocket:
         self.recvq: deque[Operation] = deque()
         self.sendq: deque[Operation] = deque()
         self.acceptq: deque[Operation] = deque()
+        # The last accept() failed (EMFILE ...) with connections still waiting: the edge that
+        # announced them is spent, so the next posted accept must try the syscall itself.
+        self.accept_stalled = False
         self.connect_op: Operation | None = None
 
 
@@ -214,7 +226,7 @@ class ReadinessProvider(QueuedProvider):
     def _backend_accept(self, op: Operation) -> None:
         st = op.entry.state
         st.acceptq.append(op)
-        if len(st.acceptq) == 1:
+        if len(st.acceptq) == 1 or st.accept_stalled:
             self._drain_accepts(st)
 
     def _backend_connect(self, op: Operation) -> None:
@@ -331,6 +343,7 @@ class ReadinessProvider(QueuedProvider):
         q = st.acceptq
         sock = st.sock
         accept = sock.accept
+        st.accept_stalled = False
         while q:
             try:
                 conn, addr = accept()
@@ -340,7 +353,8 @@ class ReadinessProvider(QueuedProvider):
                 if exc.errno in _ACCEPT_RETRY:
                     continue
                 self._fail(q.popleft(), exc.errno or 0)
-                return  # e.g. EMFILE: stop; the next accept_async tries again
+                st.accept_stalled = True  # e.g. EMFILE: the next accept_async tries again
+                return
             conn.setblocking(False)  # accept(2) does not inherit O_NONBLOCK on Linux
             op = q.popleft()
             self._complete(op, _SUCCESS, 0, 0, (conn, addr))
