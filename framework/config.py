@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import operator
 import os
 import sys
 import types
@@ -40,6 +41,17 @@ OptionValue = int | bool | str
 class _Section(BaseModel):
     # validate_default: cross-field checks must also hold when one side is a default.
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+_RELATIONS = {"<": operator.lt, "<=": operator.le, ">=": operator.ge}
+
+
+def _relative_to(info: ValidationInfo, other: str, value: int, relation: str) -> int:
+    """A cross-field check: `value <relation> <other field>` (skipped when the other one failed)."""
+    bound = info.data.get(other)
+    if bound is not None and not _RELATIONS[relation](value, bound):
+        raise ValueError(f"must be {relation} {other} ({bound}), got {value}")
+    return value
 
 
 class ServerSettings(_Section):
@@ -150,10 +162,7 @@ class BufferSettings(_Section):
     @field_validator("max_buffers")
     @classmethod
     def _max_at_least_initial(cls, max_buffers: int, info: ValidationInfo) -> int:
-        initial = info.data.get("initial_buffers")
-        if initial is not None and max_buffers < initial:
-            raise ValueError(f"must be >= initial_buffers ({initial}), got {max_buffers}")
-        return max_buffers
+        return _relative_to(info, "initial_buffers", max_buffers, ">=")
 
 
 class SessionSettings(_Section):
@@ -211,26 +220,17 @@ class SessionSettings(_Section):
     @field_validator("max_str_len", "max_bin_len", "max_array_len", "max_map_len", "max_ext_len")
     @classmethod
     def _limit_within_frame(cls, value: int, info: ValidationInfo) -> int:
-        frame = info.data.get("max_frame_size")
-        if frame is not None and value > frame:
-            raise ValueError(f"must be <= max_frame_size ({frame}), got {value}")
-        return value
+        return _relative_to(info, "max_frame_size", value, "<=")
 
     @field_validator("write_low_water")
     @classmethod
     def _low_below_high(cls, low: int, info: ValidationInfo) -> int:
-        high = info.data.get("write_high_water")
-        if high is not None and not low < high:
-            raise ValueError(f"must be < write_high_water ({high}), got {low}")
-        return low
+        return _relative_to(info, "write_high_water", low, "<")
 
     @field_validator("write_hard_cap")
     @classmethod
     def _cap_above_high(cls, cap: int, info: ValidationInfo) -> int:
-        high = info.data.get("write_high_water")
-        if high is not None and high > cap:
-            raise ValueError(f"must be >= write_high_water ({high}), got {cap}")
-        return cap
+        return _relative_to(info, "write_high_water", cap, ">=")
 
 
 class ShutdownSettings(_Section):

@@ -90,7 +90,12 @@ def start_bots(port: int, count: int, duration: float, log_path: Path, seed: int
 
 
 def verdict(
-    samples: list[Sample], baseline_fds: int, final: Sample, rss_slack_mb: float, fd_slack: int, session_slack: int
+    samples: list[Sample],
+    baseline_fds: int,
+    final: Sample,
+    rss_slack_mb: float,
+    fd_slack: int,
+    session_slack: int,
 ) -> list[str]:
     """Problems found (empty: flat)."""
     problems = []
@@ -174,7 +179,11 @@ def run(args: argparse.Namespace) -> int:
             elapsed = time.monotonic() - t0
             if elapsed >= args.seconds:
                 break
-            if args.churn and (churn is None or churn.poll() is not None) and elapsed + round_s <= args.seconds:
+            if (
+                args.churn
+                and (churn is None or churn.poll() is not None)
+                and elapsed + round_s <= args.seconds
+            ):
                 rounds += 1
                 churn = start_bots(port, args.churn, round_s, out / f"bots-churn-{rounds}.log", 100 + rounds)
                 bots.append(churn)
@@ -203,7 +212,9 @@ def run(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.5)
         samples.append(final)
-        problems += verdict(samples[:-1], baseline_fds, final, args.rss_slack_mb, args.fd_slack, args.session_slack)
+        problems += verdict(
+            samples[:-1], baseline_fds, final, args.rss_slack_mb, args.fd_slack, args.session_slack
+        )
     finally:
         for b in bots:
             if b.poll() is None:
@@ -227,7 +238,9 @@ def run(args: argparse.Namespace) -> int:
         for p in problems:
             print(f"FAIL: {p}", file=sys.stderr)
         return 1
-    print(f"OK: flat for {args.seconds:.0f} s ({args.bots} steady bots, {args.churn} churning in {rounds} rounds)")
+    print(
+        f"OK: flat for {args.seconds:.0f} s ({args.bots} steady bots, {args.churn} churning in {rounds} rounds)"
+    )
     return 0
 
 
@@ -242,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="auto", help="I/O backend (default auto)")
     parser.add_argument("--config", default=None, help="server deployment YAML (default: embedded default)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
-    parser.add_argument("--rss-slack-mb", type=float, default=8.0, help="allowed RSS growth floor (default 8)")
+    parser.add_argument(
+        "--rss-slack-mb", type=float, default=8.0, help="allowed RSS growth floor (default 8)"
+    )
     parser.add_argument("--fd-slack", type=int, default=4, help="allowed descriptor growth (default 4)")
     parser.add_argument("--session-slack", type=int, default=2, help="allowed session growth (default 2)")
     parser.add_argument("--out", default=str(ROOT / "reports" / "soak"), help="report folder")

@@ -88,6 +88,8 @@ def test_settings_reject_unknown_keys_and_bad_values():
         ({"type": "chat", "text": "   "}, p.BAD_REQUEST, "empty"),
         ({"type": "chat", "text": "x" * 201}, p.BAD_REQUEST, "at most 200"),
         ({"type": "chat", "text": "a\nb"}, p.BAD_REQUEST, "control"),
+        ({"type": "chat", "text": "a\x9b2Jb"}, p.BAD_REQUEST, "control"),  # C1 CSI
+        ({"type": "hello", "name": "ok", "version": True}, p.BAD_REQUEST, "version"),
         ({"type": "ping"}, p.BAD_REQUEST, "'t'"),
         ({"type": "ping", "t": "now"}, p.BAD_REQUEST, "number"),
         ({"type": "join", "room": "r", "create": 1}, p.BAD_REQUEST, "true or false"),

@@ -24,6 +24,7 @@ import msgpack
 import pytest
 
 from examples.legacy_chat.client import ChatClient
+from examples.legacy_chat.protocol import MAX_TEXT, PacketId, chat_notify, parse_chat_notify
 from examples.legacy_chat.server import ChatServer
 from framework.io.backends.legacy_iocp import IocpLegacyProvider
 from framework.io.factory import create_provider, provider_class
@@ -94,6 +95,35 @@ def test_packet_header_is_little_endian_and_counts_itself() -> None:
         read_packets(b"\x02\x00\x01\x00", 4)  # size smaller than the header itself
 
 
+def test_chat_notify_round_trips_and_a_truncated_one_is_a_packet_error() -> None:
+    packet = chat_notify("é" * 20, "hi")  # 40 bytes of name: cut to 32 at a character boundary
+    (packet_id, payload), *_ = read_packets(packet, len(packet))[0]
+    assert packet_id == PacketId.CHAT_NOTIFY
+    assert parse_chat_notify(payload) == ("é" * 16, "hi")
+    for bad in (b"", b"\x05abc"):
+        with pytest.raises(PacketError):
+            parse_chat_notify(bad)
+
+
+def test_initialize_reports_an_unusable_backend_instead_of_raising() -> None:
+    core = IocpCore(backend="no-such-backend", fallback=False)
+    assert not core.initialize()
+    assert "no-such-backend" in core.last_error
+
+
+@pytest.mark.parametrize("backend", RUNNABLE_BACKENDS)
+def test_a_server_service_that_cannot_register_its_listener_raises(backend: str) -> None:
+    core = IocpCore(provider=create_provider(backend, fallback=False), max_connections=1)
+    assert core.initialize(), core.last_error
+    try:
+        first = core.register_server_service(0, RecordingSession, host="127.0.0.1", max_sessions=1)
+        with pytest.raises(OSError, match="could not start"):
+            core.register_server_service(0, RecordingSession, host="127.0.0.1", max_sessions=1)
+        assert core.services == [first]
+    finally:
+        core.shutdown()
+
+
 # ---------------------------------------------------------------------------------- the chat example
 def test_legacy_chat_end_to_end(core: IocpCore) -> None:
     server = ChatServer(core, "127.0.0.1", 0)
@@ -110,6 +140,21 @@ def test_legacy_chat_end_to_end(core: IocpCore) -> None:
     assert server.room.messages == 2
     # on_send reported every packet the server wrote: 2 logins, 1 join, 4 chats, 1 leave notice.
     assert server.room.packets_sent == 8
+    assert core.handler_errors == 0
+
+
+def test_a_chat_too_long_to_relay_disconnects_only_its_sender(core: IocpCore) -> None:
+    server = ChatServer(core, "127.0.0.1", 0)
+    alice = ChatClient(core, server.address[:2], "alice", reconnect_delay_ms=50)
+    bob = ChatClient(core, server.address[:2], "bob")
+    pump(core, lambda: alice.logged_in and bob.logged_in)
+    # Relayed, this line would make a CHAT_NOTIFY over MAX_PACKET that every client refuses.
+    assert alice.say("x" * (MAX_TEXT + 1))
+    pump(core, lambda: alice.logins == 2)  # disconnected by the server, then reconnected
+    assert server.room.messages == 0
+    assert alice.say("y" * MAX_TEXT)  # the longest line that fits is relayed
+    pump(core, lambda: len(bob.chats) == 1)
+    assert bob.chats == [("alice", "y" * MAX_TEXT)] and bob.logins == 1
     assert core.handler_errors == 0
 
 
@@ -206,12 +251,15 @@ def test_partial_on_recv_consumption_keeps_the_rest(core: IocpCore) -> None:
     for i, chunk in enumerate(chunks, 1):
         client.sendall(chunk)
         pump(core, lambda i=i: len(session.seen) == i)
-    assert session.seen == [
-        (p1[:3], 0),  # not even a header: nothing consumed
-        (p1[:10], 0),  # the same 3 bytes presented again, followed by the new ones
-        (p1 + p2[:2], len(p1)),  # the first packet completes; 2 bytes of the next stay
-        (p2, len(p2)),
-    ]
+    assert (
+        session.seen
+        == [
+            (p1[:3], 0),  # not even a header: nothing consumed
+            (p1[:10], 0),  # the same 3 bytes presented again, followed by the new ones
+            (p1 + p2[:2], len(p1)),  # the first packet completes; 2 bytes of the next stay
+            (p2, len(p2)),
+        ]
+    )
     assert session.packets == [(7, b"hello world"), (8, b"xyz")]
     client.close()
     pump(core, lambda: session.disconnected == 1)

@@ -65,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         start_broadcast(server, args.broadcast_hz, args.payload)
     print(f"ready {addresses[0][1]}", flush=True)
     return server.run()  # until SIGTERM/SIGINT, then a graceful shutdown
-    return 0
 
 
 if __name__ == "__main__":

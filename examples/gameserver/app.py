@@ -67,10 +67,10 @@ class GameApp:
         self._timers: dict[str, Any] = {}
         self._last = dict.fromkeys(_RATE_KEYS, 0)
         self._last_t = time.monotonic()
-        self._stats_timer = None
+        # Room and stats timers live on the server's loop and end with it.
         interval = server.settings.stats.interval_s
         if interval > 0:
-            self._stats_timer = server.call_every(interval, self.log_stats)
+            server.call_every(interval, self.log_stats)
 
     @classmethod
     def of(cls, server: Any) -> GameApp:
@@ -143,14 +143,6 @@ class GameApp:
 
     def log_stats(self) -> None:
         log.info("game stats", **self.stats())
-
-    def close(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        if self._stats_timer is not None:
-            self._stats_timer.cancel()
-            self._stats_timer = None
 
 
 def _group(room: str) -> str:

@@ -29,9 +29,9 @@ RATE_LIMITED = "rate_limited"
 
 PROTOCOL_VERSION = 1
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_\-]+")
-# Printable text only: control characters (newlines, escapes) in chat would let one player forge
-# lines in other players' terminals and in the server log.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Printable text only: control characters (newlines, escapes; C1 too, where U+009B is a terminal's
+# CSI) in chat would let one player forge lines in other players' terminals and in the server log.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class ProtocolError(Exception):
@@ -203,7 +203,7 @@ def parse_request(msg: Any, limits: Limits) -> Request:
     if kind == "hello":
         _fields(msg, kind, ("name",), ("version",))
         version = msg.get("version", PROTOCOL_VERSION)
-        if version != PROTOCOL_VERSION:
+        if type(version) is not int or version != PROTOCOL_VERSION:  # true == 1.0 == 1 in Python
             raise ProtocolError(
                 BAD_REQUEST, f"protocol version {version!r} unsupported; this server speaks 1", kind
             )

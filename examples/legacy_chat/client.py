@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from examples.legacy_chat.protocol import MAX_PACKET, PacketId, parse_chat_notify, text_packet
-from framework.legacy import IocpCore, IocpObjectSession, PacketError, read_packets
+from examples.legacy_chat.protocol import PacketId, PacketSession, parse_chat_notify, text_packet
+from framework.legacy import IocpCore
 
 
-class ChatClientSession(IocpObjectSession):
+class ChatClientSession(PacketSession):
     def __init__(self, client: ChatClient) -> None:
-        super().__init__(recv_buffer_size=2 * MAX_PACKET)
+        super().__init__()
         self.client = client
 
     def on_connect(self, success: bool) -> None:
@@ -21,15 +21,8 @@ class ChatClientSession(IocpObjectSession):
         else:
             self.client.failed_connects += 1
 
-    def on_recv(self, buf: memoryview, length: int) -> int:
-        try:
-            packets, consumed = read_packets(buf, length, MAX_PACKET)
-        except PacketError as exc:
-            self.disconnect(f"bad packet: {exc}")
-            return length
-        for packet_id, payload in packets:
-            self.client.on_packet(packet_id, payload)
-        return consumed
+    def on_packet(self, packet_id: int, payload: memoryview) -> None:
+        self.client.on_packet(packet_id, payload)
 
     def on_disconnect(self) -> None:
         self.client.logged_in = False

@@ -30,7 +30,8 @@ class SessionChat(Session):
             self.server.registry.group(GROUP).add(self)
             self.send({"welcome": self.name})
         elif "say" in msg and self.name is not None:
-            self.room.chat(self.name, str(msg["say"]))
+            if not self.room.chat(self.name, str(msg["say"])):
+                self.close("chat too long")
         else:
             self.close("unexpected message")
 

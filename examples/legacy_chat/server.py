@@ -7,8 +7,15 @@ from typing import Any
 
 import structlog
 
-from examples.legacy_chat.protocol import MAX_NAME, MAX_PACKET, PacketId, chat_notify, text_packet
-from framework.legacy import IocpCore, IocpObjectSession, PacketError, ServiceCoordinator, read_packets
+from examples.legacy_chat.protocol import (
+    MAX_NAME,
+    MAX_TEXT,
+    PacketId,
+    PacketSession,
+    chat_notify,
+    text_packet,
+)
+from framework.legacy import IocpCore, ServiceCoordinator
 
 log = structlog.get_logger("examples.legacy_chat")
 
@@ -21,11 +28,15 @@ class ChatRoom:
         # Other audiences of this room (e.g. Session-API clients during a migration).
         self.relays: list[Callable[[str, str], None]] = []
 
-    def chat(self, name: str, text: str) -> None:
+    def chat(self, name: str, text: str) -> bool:
+        """Relay one chat line to everyone; False (nothing sent) when it is over MAX_TEXT bytes."""
+        if len(text.encode()) > MAX_TEXT:
+            return False
         self.messages += 1
         self.broadcast(chat_notify(name, text))
         for relay in self.relays:
             relay(name, text)
+        return True
 
     def broadcast(self, packet: bytes) -> None:
         # ReserveSend to everyone first, then one FlushSend each: a member that gets several
@@ -37,23 +48,11 @@ class ChatRoom:
             member.flush_send()
 
 
-class ChatServerSession(IocpObjectSession):
+class ChatServerSession(PacketSession):
     def __init__(self, room: ChatRoom) -> None:
-        super().__init__(recv_buffer_size=2 * MAX_PACKET)
+        super().__init__()
         self.room = room
         self.name: str | None = None
-
-    def on_recv(self, buf: memoryview, length: int) -> int:
-        try:
-            packets, consumed = read_packets(buf, length, MAX_PACKET)
-        except PacketError as exc:
-            self.disconnect(f"bad packet: {exc}")
-            return length
-        for packet_id, payload in packets:
-            self.on_packet(packet_id, payload)
-            if not self.is_connected:
-                break
-        return consumed  # a partial packet stays in the buffer until its tail arrives
 
     def on_packet(self, packet_id: int, payload: memoryview) -> None:
         if packet_id == PacketId.LOGIN and self.name is None:
@@ -66,7 +65,8 @@ class ChatServerSession(IocpObjectSession):
             self.room.members.add(self)
             self.send(text_packet(PacketId.LOGIN_OK, f"welcome {name}, {len(self.room.members)} here"))
         elif packet_id == PacketId.CHAT and self.name is not None:
-            self.room.chat(self.name, bytes(payload).decode(errors="replace"))
+            if not self.room.chat(self.name, bytes(payload).decode(errors="replace")):
+                self.disconnect(f"chat over {MAX_TEXT} bytes")
         else:
             self.disconnect(f"unexpected packet {packet_id}")
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from framework.io.errors import ProviderError
+from framework.io.errors import BackendUnavailable, ProviderError
 from framework.io.provider import AsyncIOProvider, CompletionResult, Status
 
 if TYPE_CHECKING:
@@ -210,7 +210,11 @@ class IocpCore:
         if self._provider is None:
             from framework.io.factory import create_provider
 
-            self._provider = create_provider(self._backend, fallback=self._fallback)
+            try:
+                self._provider = create_provider(self._backend, fallback=self._fallback)
+            except BackendUnavailable as exc:  # RAON reports a failed Initialize() as false
+                self.last_error = str(exc)
+                return False
         if not getattr(self._provider, "initialized", False):
             if not self._provider.initialize(self._max_connections, self._cq_size):
                 self.last_error = getattr(self._provider, "last_error", "") or "initialize failed"
@@ -422,21 +426,21 @@ class IocpCore:
         accept_count: int = 4,
     ) -> ServiceCoordinator:
         """Listen on (host, port) and serve with a pool of `max_sessions` sessions. Raises OSError
-        when the port cannot be bound. `coordinator.address` is the bound address (port 0 works)."""
+        when the port cannot be bound or the listener not registered (e.g. max_connections).
+        `coordinator.address` is the bound address (port 0 works)."""
         from framework.legacy.service import ServiceCoordinator, ServiceType
 
-        svc = ServiceCoordinator(
-            self,
-            ServiceType.SERVER,
-            (host, port),
-            session_factory,
-            max_sessions,
-            backlog=backlog,
-            accept_count=accept_count,
+        return self._start_service(
+            ServiceCoordinator(
+                self,
+                ServiceType.SERVER,
+                (host, port),
+                session_factory,
+                max_sessions,
+                backlog=backlog,
+                accept_count=accept_count,
+            )
         )
-        svc.start()
-        self._services.append(svc)
-        return svc
 
     def register_client_service(
         self,
@@ -453,16 +457,21 @@ class IocpCore:
         or failed attempt; otherwise (CLIENT) call `manual_connect()`."""
         from framework.legacy.service import ServiceCoordinator, ServiceType
 
-        svc = ServiceCoordinator(
-            self,
-            ServiceType.CLIENT_AUTO_RECONNECT if auto_reconnect else ServiceType.CLIENT,
-            address,
-            session_factory,
-            connection_count,
-            reconnect_delay_ms=reconnect_delay_ms,
-            connect_timeout_ms=connect_timeout_ms,
+        return self._start_service(
+            ServiceCoordinator(
+                self,
+                ServiceType.CLIENT_AUTO_RECONNECT if auto_reconnect else ServiceType.CLIENT,
+                address,
+                session_factory,
+                connection_count,
+                reconnect_delay_ms=reconnect_delay_ms,
+                connect_timeout_ms=connect_timeout_ms,
+            )
         )
-        svc.start()
+
+    def _start_service(self, svc: ServiceCoordinator) -> ServiceCoordinator:
+        if not svc.start():
+            raise OSError(f"service on {svc.address} could not start: {self.last_error}")
         self._services.append(svc)
         return svc
 

@@ -25,7 +25,7 @@ import structlog
 
 from framework.io.errors import describe
 from framework.io.provider import Status
-from framework.legacy.core import IocpObject, IoType, OverlappedEx
+from framework.legacy.core import IocpCore, IocpObject, IoType, OverlappedEx
 from framework.legacy.packet import packet_id_of
 
 if TYPE_CHECKING:
@@ -122,13 +122,8 @@ class IocpObjectSession(IocpObject):
         except OSError as exc:
             log.warning("connect: socket() failed", error=str(exc))
             return False
-        self._sock = sock
-        self.peer_address = address
-        self.disconnect_reason = ""
-        if not core.register_iocp_object(self):
-            self._close_socket()
+        if not self._attach(core, sock, address):
             return False
-        self._registered = True
         self._connecting = True
         self.add_ref()
         if not core.connect_ex(self, self._connect_ov, address, timeout_ms):
@@ -206,6 +201,13 @@ class IocpObjectSession(IocpObject):
         core = self.coordinator.core if self.coordinator is not None else self.core
         if core is None or not self.is_idle:
             return False
+        if not self._attach(core, sock, address):
+            return False
+        self._on_established()
+        return True
+
+    def _attach(self, core: IocpCore, sock: socket.socket, address: Any) -> bool:
+        """Take `sock` and associate it with `core`; on failure the socket is closed."""
         self._sock = sock
         self.peer_address = address
         self.disconnect_reason = ""
@@ -213,7 +215,6 @@ class IocpObjectSession(IocpObject):
             self._close_socket()
             return False
         self._registered = True
-        self._on_established()
         return True
 
     # ------------------------------------------------------------------ completions

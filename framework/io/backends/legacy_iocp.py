@@ -82,11 +82,7 @@ class IocpLegacyProvider(QueuedProvider):
                 max_completion_queue_size=self._cq_size,
                 batch_size=self._cq_size,
             )
-        try:
-            ok = self._core.initialize()
-        except BackendUnavailable as exc:
-            raise OSError(str(exc)) from exc
-        if not ok:
+        if not self._core.initialize():  # an unusable underlying backend is reported here too
             raise OSError(f"IocpCore.initialize failed: {self._core.last_error}")
 
     def _backend_close(self) -> None:
