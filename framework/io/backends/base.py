@@ -458,7 +458,17 @@ class QueuedProvider(AsyncIOProvider):
             self.last_error = "provider is not initialized"
             return 0
         op_id = next(self._ids)  # itertools.count is atomic under the GIL
-        self._posted.append((callback, context, op_id))
+        job = (callback, context, op_id)
+        self._posted.append(job)
+        if self._closed:
+            # shutdown() raced with this thread: it either already delivered the job (as
+            # CANCELLED) or drained the queue before the append and will never see it.
+            try:
+                self._posted.remove(job)
+            except ValueError:
+                return op_id
+            self.last_error = "provider is shutting down"
+            return 0
         self._posted_count += 1
         if not self._wake_pending:
             self._wake_pending = True
