@@ -9,15 +9,15 @@ Free slots are reused last-in-first-out, which keeps the slot table dense.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from framework.session.codec import encode_frame, encode_message
 from framework.session.context import OpContext, SessionId
+from framework.session.session import OPEN, Session
 
-if TYPE_CHECKING:
-    from framework.session.session import Session
+_send_encoded = Session.send_encoded
 
 log = structlog.get_logger("framework.session")
 
@@ -69,11 +69,31 @@ class Group:
         return self._send_to_all(encode_frame(payload), exclude)
 
     def _send_to_all(self, frame: bytes, exclude: Session | None) -> int:
+        # send_encoded inlined for an open member under its high-water mark: two Python calls
+        # fewer per member of every broadcast (5,000 per tick in B1). Anything else, including a
+        # class that overrides send_encoded, takes the full path.
+        size = len(frame)
         sent = 0
         # A send can close a member (hard cap), which edits _members: iterate a snapshot.
         for session in list(self._members.values()):
-            if session is not exclude and session.send_encoded(frame):
-                sent += 1
+            if session is exclude:
+                continue
+            if type(session).send_encoded is not _send_encoded or session._state != OPEN:
+                if session.send_encoded(frame):
+                    sent += 1
+                continue
+            queued = session._out_bytes + size
+            if queued + session._inflight > session._write_high:
+                if session._queue(frame):
+                    sent += 1
+                continue
+            session._out.append(frame)
+            session._out_bytes = queued
+            session.frames_out += 1
+            if not session._dirty:
+                session._dirty = True
+                session._dirty_list.append(session)
+            sent += 1
         return sent
 
     def __repr__(self) -> str:
