@@ -68,13 +68,16 @@ def test_sigterm_under_load_delivers_every_queued_frame_refuses_new_connections_
         t0 = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         refused = False
+        probes = 0  # connects that got through before the listener closed (each may be a session)
         deadline = time.monotonic() + DRAIN_S
         while time.monotonic() < deadline and server.proc.poll() is None:
             try:
                 probe = socket.create_connection(server.address, timeout=1.0)
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):
+                # Reset: the handshake raced the listener's close, which resets what it queued.
                 refused = True
                 break
+            probes += 1
             probe.close()
             time.sleep(0.01)
         assert refused, "a connection was still accepted while draining"
@@ -94,6 +97,6 @@ def test_sigterm_under_load_delivers_every_queued_frame_refuses_new_connections_
         assert code == 0
         assert elapsed < DRAIN_S + 3.0, f"exit took {elapsed:.1f} s"  # generous: interpreter exit under load
         done = server.wait_log(lambda e: e.get("event") == "shutdown complete")
-        assert done["drained"] == BOTS + 1 and done["forced"] == 0
+        assert BOTS + 1 <= done["drained"] <= BOTS + 1 + probes and done["forced"] == 0
     finally:
         server.kill()
