@@ -407,3 +407,152 @@ def test_statistics_fields(uring):
     for feature in ("BatchSubmit", "LinkedTimeout", "AsyncCancel"):
         assert uring.supports_feature(feature), feature
     assert not uring.supports_feature("NoSuchFeature")
+
+
+# ------------------------------------------------------------------------------ provided buffers
+def tiny_ring_uring(count: int, size: int = 512, max_connections: int = 64) -> IoUringProvider:
+    p = IoUringProvider()
+    assert p.set_option("provided_buffer_count", count)
+    assert p.set_option("provided_buffer_size", size)
+    assert p.initialize(max_connections, 64), p.last_error
+    assert p.supports_feature("ProvidedBuffers")
+    assert p.get_statistics().backend_specific["provided_buffer_count"] == count
+    return p
+
+
+def provided_data(got: dict[int, bytes], failed: dict[int, CompletionResult] | None = None) -> Any:
+    def on_recv(result: CompletionResult, ctx: int) -> None:
+        if failed is not None and result.status != Status.SUCCESS:
+            assert result.data is None
+            failed[ctx] = result
+            return
+        assert result.status == Status.SUCCESS, result
+        got[ctx] = bytes(result.data)
+
+    return on_recv
+
+
+@needs_uring
+def test_waiting_provided_recvs_hold_no_ring_buffer(pairs):
+    """Ten provided recvs wait on a ring of two buffers: if a waiting recv held a buffer, eight of
+    them would fail to get one (-ENOBUFS) at submission."""
+    p = tiny_ring_uring(2)
+    try:
+        socks = socketpairs(pairs, 10)
+        got: dict[int, bytes] = {}
+        for i, (_a, b) in enumerate(socks):
+            assert p.register_socket(b)
+            assert p.recv_async_provided(b, provided_data(got), context=i) > 0
+        results: list[CompletionResult] = []
+        for _ in range(3):
+            assert p.process_completions(20, 64, results) == 0
+        stats = p.get_statistics().backend_specific
+        assert (stats["provided_enobufs"], stats["provided_buffers_in_use"]) == (0, 0)
+        assert p.get_statistics().pending_operations == 10
+        socks[3][0].send(b"three")
+        pump(p, lambda: len(got) == 1)
+        assert got == {3: b"three"}
+    finally:
+        p.shutdown()
+
+
+@needs_uring
+def test_empty_buffer_ring_parks_recvs_until_buffers_return(pairs):
+    """Data on 12 sockets, a ring of 2 buffers and one result delivered per call: recvs meet an
+    empty ring (-ENOBUFS), wait, are resubmitted as buffers come back, and every one completes
+    with its own bytes; cancelling one of the waiting ones still works."""
+    p = tiny_ring_uring(2)
+    try:
+        socks = socketpairs(pairs, 12)
+        got: dict[int, bytes] = {}
+        failed: dict[int, CompletionResult] = {}
+        ids = {}
+        for i, (_a, b) in enumerate(socks):
+            assert p.register_socket(b)
+            ids[i] = p.recv_async_provided(b, provided_data(got, failed), context=i)
+        for i, (a, _b) in enumerate(socks):
+            a.send(pattern(300, seed=i))
+        results: list[CompletionResult] = []
+        while p.get_statistics().backend_specific["provided_enobufs"] == 0:
+            assert p.process_completions(50, 1, results) >= 0
+        # One still pending (not one already completed and queued for delivery).
+        victim = next(i for i in range(12) if i not in got and p.cancel(ids[i]))
+        pump(p, lambda: len(got) == 11 and victim in failed, max_results=1)
+        assert failed[victim].status == Status.CANCELLED
+        assert set(got) == set(range(12)) - {victim}
+        assert all(got[i] == pattern(300, seed=i) for i in got)
+        # The cancelled recv consumed nothing: its bytes are still there for the next one.
+        p.recv_async_provided(socks[victim][1], provided_data(got), context=victim)
+        pump(p, lambda: victim in got)
+        assert got[victim] == pattern(300, seed=victim)
+        assert p.process_completions(0, 64, results) >= 0  # releases the last delivered buffer
+        stats = p.get_statistics().backend_specific
+        assert stats["provided_buffers_in_use"] == 0 and stats["provided_parked"] == 0
+    finally:
+        p.shutdown()
+
+
+@needs_uring
+def test_provided_recv_larger_than_a_buffer_arrives_in_pieces(pairs):
+    p = tiny_ring_uring(4, size=1024)
+    try:
+        (a, b), = socketpairs(pairs, 1)
+        assert p.register_socket(b)
+        data = pattern(10_000)
+        a.sendall(data)
+        received = bytearray()
+
+        def on_recv(result: CompletionResult, _ctx: Any) -> None:
+            assert result.status == Status.SUCCESS and 0 < result.bytes_transferred <= 1024
+            received.extend(result.data)
+            if len(received) < len(data):
+                p.recv_async_provided(b, on_recv)
+
+        p.recv_async_provided(b, on_recv)
+        pump(p, lambda: len(received) == len(data))
+        assert bytes(received) == data
+    finally:
+        p.shutdown()
+
+
+@needs_uring
+def test_provided_buffer_options_are_checked():
+    p = IoUringProvider()
+    assert not p.set_option("provided_buffer_count", 3)  # not a power of two
+    assert not p.set_option("provided_buffer_size", 100)
+    assert p.set_option("provided_buffer_count", 8)
+    assert p.initialize(8, 16), p.last_error
+    try:
+        assert not p.set_option("provided_buffer_count", 16)  # the ring exists already
+    finally:
+        p.shutdown()
+
+
+@needs_uring
+def test_recv_waiting_for_ring_buffers_still_times_out(pairs):
+    """The two buffers stay lent (results not delivered: max_results=0), so the third recv waits
+    in user space after -ENOBUFS; its deadline still ends it, and its bytes stay in the socket."""
+    p = tiny_ring_uring(2)
+    try:
+        socks = socketpairs(pairs, 3)
+        got: dict[int, bytes] = {}
+        failed: dict[int, CompletionResult] = {}
+        for i, (_a, b) in enumerate(socks):
+            assert p.register_socket(b)
+            timeout = 300 if i == 2 else None
+            assert p.recv_async_provided(b, provided_data(got, failed), context=i, timeout_ms=timeout) > 0
+        for i, (a, _b) in enumerate(socks):
+            a.send(pattern(100, seed=i))
+        results: list[CompletionResult] = []
+        pump(p, lambda: p.get_statistics().failed_operations == 1, max_results=0)
+        assert p.get_statistics().backend_specific["provided_enobufs"] >= 1
+        pump(p, lambda: len(got) + len(failed) == 3)
+        assert got == {0: pattern(100, seed=0), 1: pattern(100, seed=1)}
+        assert (failed[2].status, failed[2].error_code) == (Status.TIMEOUT, ErrorCode.CONNECTION_TIMEOUT)
+        p.recv_async_provided(socks[2][1], provided_data(got), context=2)
+        pump(p, lambda: 2 in got)
+        assert got[2] == pattern(100, seed=2)
+        assert p.process_completions(0, 8, results) >= 0
+        assert p.get_statistics().backend_specific["provided_buffers_in_use"] == 0
+    finally:
+        p.shutdown()

@@ -647,3 +647,170 @@ def test_idle_loop_with_dead_peer_does_not_spin(provider, make_pair, how, collec
         assert (r.status, r.bytes_transferred) == (Status.SUCCESS, 0)
     else:
         assert r.status == Status.ERROR and r.error_code == ErrorCode.CONNECTION_RESET
+
+
+# ---------------------------------------------------------------------------------- provided buffers
+class ProvidedCollector:
+    """Callback for recv_async_provided: copies `result.data` while it is valid (in the callback)."""
+
+    def __init__(self) -> None:
+        self.results: list[CompletionResult] = []
+        self.data: dict[Any, bytes | None] = {}
+
+    def __call__(self, result: CompletionResult, context: Any) -> None:
+        if result.status == Status.SUCCESS:
+            assert isinstance(result.data, memoryview), result
+            assert len(result.data) == result.bytes_transferred
+            self.data[context] = bytes(result.data)
+        else:
+            assert result.data is None, result
+            self.data[context] = None
+        self.results.append(result)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+
+def in_use(provider: AsyncIOProvider) -> int:
+    return provider.get_statistics().backend_specific["provided_buffers_in_use"]
+
+
+def test_provided_recv_echo_many_messages(provider, make_pair):
+    client, server = registered_pair(provider, make_pair)
+    count = 300
+    msgs = [struct.pack("!I", i) + pattern(1 + i % 200, i) for i in range(count)]
+    total = sum(map(len, msgs))
+    echoed = 0
+
+    def on_server_recv(result: CompletionResult, _ctx: Any) -> None:
+        nonlocal echoed
+        if result.status == Status.CANCELLED:  # the last recv, at shutdown
+            return
+        assert result.status == Status.SUCCESS, result
+        assert len(result.data) == result.bytes_transferred
+        if result.bytes_transferred == 0:
+            return
+        chunk = bytes(result.data)  # the provider reuses the memory once we return
+        echoed += len(chunk)
+        assert provider.send_async(server, chunk) > 0
+        assert provider.recv_async_provided(server, on_server_recv) > 0
+
+    assert provider.recv_async_provided(server, on_server_recv) > 0
+    reader = StreamReader(provider, client, total)
+    for m in msgs:
+        assert provider.send_async(client, m) > 0
+    pump(provider, lambda: reader.done)
+    assert reader.error is None and not reader.eof
+    assert bytes(reader.data) == b"".join(msgs)
+    assert echoed == total
+
+
+def test_provided_recv_completes_with_zero_bytes_when_peer_closes(provider, make_pair):
+    client, server = registered_pair(provider, make_pair)
+    got = ProvidedCollector()
+    op_id = provider.recv_async_provided(server, got, context="eof")
+    client.close()
+    pump(provider, lambda: len(got) == 1)
+    r = got.results[0]
+    assert (r.operation_id, r.status, r.bytes_transferred, r.op_type) == (op_id, Status.SUCCESS, 0, OpType.RECV)
+    assert got.data["eof"] == b""
+
+
+def test_provided_recv_timeout_and_cancel(provider, make_pair):
+    client, server = registered_pair(provider, make_pair)
+    got = ProvidedCollector()
+    provider.recv_async_provided(server, got, context="t", timeout_ms=100)
+    pump(provider, lambda: len(got) == 1)
+    r = got.results[0]
+    assert (r.status, r.error_code, r.bytes_transferred) == (Status.TIMEOUT, ErrorCode.CONNECTION_TIMEOUT, 0)
+    op_id = provider.recv_async_provided(server, got, context="c")
+    assert provider.cancel(op_id) is True
+    pump(provider, lambda: len(got) == 2)
+    assert got.results[1].status == Status.CANCELLED and got.data["c"] is None
+    # Neither consumed anything: the next provided recv gets all of it.
+    client.sendall(b"after")
+    provider.recv_async_provided(server, got, context="d")
+    pump(provider, lambda: len(got) == 3)
+    assert got.data["d"] == b"after"
+    drain_all(provider)
+    assert in_use(provider) == 0
+
+
+def test_provided_data_stays_valid_for_a_results_reader_until_the_next_call(provider, make_pair):
+    """No callback: every result of one process_completions call keeps its data (no recycling
+    during the call), also across the max_results carry-over."""
+    pairs = [registered_pair(provider, make_pair) for _ in range(6)]
+    for i, (_client, server) in enumerate(pairs):
+        assert provider.recv_async_provided(server, context=i) > 0
+    for i, (client, _server) in enumerate(pairs):
+        client.sendall(pattern(100 + i, seed=i))
+    seen: dict[int, bytes] = {}
+    results: list[CompletionResult] = []
+    deadline = time.monotonic() + WAIT_S
+    while len(seen) < 6:
+        assert time.monotonic() < deadline, seen.keys()
+        n = provider.process_completions(50, 4, results)
+        assert n >= 0
+        for r in results:  # read after the call returned, all of them
+            assert r.status == Status.SUCCESS, r
+            assert bytes(r.data) == pattern(100 + r.user_context, seed=r.user_context)
+            seen[r.user_context] = bytes(r.data)
+    drain_all(provider)
+    assert in_use(provider) == 0
+
+
+def test_provided_recvs_pending_on_many_idle_sockets(provider, make_listener, sockets):
+    """1,000 idle connections with a provided recv each: where "ProvidedBuffers" is True they hold
+    no receive memory; then data arrives on all of them and each gets exactly its own bytes."""
+    p = type(provider)()  # the fixture's provider has room for 512 sockets only
+    assert p.initialize(max_connections=1100, max_completion_queue_size=256), p.last_error
+    try:
+        lst = make_listener(backlog=1024)
+        pairs = []
+        for _ in range(1000):
+            c = socket.create_connection(lst.getsockname()[:2], timeout=WAIT_S)
+            sockets.append(c)
+            s, _ = lst.accept()
+            sockets.append(s)
+            pairs.append((c, s))
+        got = ProvidedCollector()
+        for i, (_c, s) in enumerate(pairs):
+            assert p.register_socket(s)
+            assert p.recv_async_provided(s, got, context=i) > 0
+        results: list[CompletionResult] = []
+        assert p.process_completions(0, 64, results) == 0
+        stats = p.get_statistics()
+        assert stats.pending_operations == 1000
+        if p.supports_feature("ProvidedBuffers"):
+            assert stats.backend_specific["provided_buffers_in_use"] == 0
+        else:  # the default path is honest about holding one buffer per waiting recv
+            assert stats.backend_specific["provided_buffers_in_use"] == 1000
+        for i, (c, _s) in enumerate(pairs):
+            c.send(b"%06d" % i)
+        pump(p, lambda: len(got) == 1000, max_results=256)
+        assert all(r.status == Status.SUCCESS for r in got.results)
+        assert got.data == {i: b"%06d" % i for i in range(1000)}
+        drain_all(p)
+        assert in_use(p) == 0
+    finally:
+        p.shutdown()
+
+
+def test_provided_buffers_can_be_switched_to_the_pooled_path(provider, make_pair):
+    """set_option("provided_buffers", False): provided recvs still work, on pooled buffers that a
+    waiting recv holds (so the feature is reported False); True restores what the backend can."""
+    capable = provider.supports_feature("ProvidedBuffers")
+    assert provider.set_option("provided_buffers", False)
+    assert not provider.supports_feature("ProvidedBuffers")
+    client, server = registered_pair(provider, make_pair)
+    got = ProvidedCollector()
+    assert provider.recv_async_provided(server, got, context=1) > 0
+    drain_all(provider)
+    assert in_use(provider) == 1
+    client.sendall(b"pooled")
+    pump(provider, lambda: len(got) == 1)
+    assert got.data[1] == b"pooled"
+    drain_all(provider)
+    assert in_use(provider) == 0
+    assert provider.set_option("provided_buffers", True) == capable
+    assert provider.supports_feature("ProvidedBuffers") == capable

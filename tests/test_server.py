@@ -462,7 +462,11 @@ def test_max_connections_refuses_beyond_the_limit(backend: str) -> None:
 
 
 def test_receive_buffer_exhaustion_defers_then_recovers(backend: str) -> None:
-    settings = make_settings(backend, buffers={"initial_buffers": 1, "max_buffers": 2})
+    # The pool path (a buffer on loan per waiting receive), also where the provider could pick
+    # receive memory on arrival instead.
+    settings = make_settings(
+        backend, buffers={"initial_buffers": 1, "max_buffers": 2}, io={"options": {"provided_buffers": False}}
+    )
     with running_server(settings, Echo) as server:
         first, second = FrameClient(server.addresses[0]), FrameClient(server.addresses[0])
         for c in (first, second):
@@ -476,6 +480,33 @@ def test_receive_buffer_exhaustion_defers_then_recovers(backend: str) -> None:
         assert server.stats["buffers"]["exhausted"] >= 1
         second.close()
         third.close()
+
+
+def test_idle_sessions_hold_no_receive_buffer_where_the_provider_picks_memory(backend: str) -> None:
+    """With "ProvidedBuffers" the sessions' receives wait without memory: no pool buffer is on
+    loan and the provider lends none either; frames split across reads still decode."""
+    settings = make_settings(backend, buffers={"initial_buffers": 1, "max_buffers": 2})
+    with running_server(settings, Echo) as server:
+        provider = server.provider
+        if not provider.supports_feature("ProvidedBuffers"):
+            pytest.skip(f"{backend} holds a buffer per waiting receive")
+        clients = [FrameClient(server.addresses[0]) for _ in range(8)]  # more than max_buffers
+        for i, c in enumerate(clients):
+            c.send(f"hello {i}")
+            assert c.recv() == f"hello {i}"
+        whole = msg_frame("split" * 100)
+        clients[0].sock.sendall(whole[:7])
+        greeted = sum(len(msg_frame(f"hello {i}")) for i in range(8))
+        wait_for(lambda: server.stats["bytes_in"] >= greeted + 7, what="first part read")
+        clients[0].sock.sendall(whole[7:])
+        assert clients[0].recv() == "split" * 100
+        stats = server.stats
+        assert stats["provided_buffers"] and stats["recv_deferred"] == 0
+        assert stats["buffers"]["in_use"] == 0 and stats["buffers"]["capacity"] == 0
+        in_use = on_loop(server, lambda: provider.get_statistics().backend_specific["provided_buffers_in_use"])
+        assert in_use <= 1  # at most the data delivered in the loop's last turn, never one per session
+        for c in clients:
+            c.close()
 
 
 def test_heartbeats_keep_an_idle_peer_alive(backend: str) -> None:

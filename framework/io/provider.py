@@ -15,6 +15,16 @@ Semantics every backend keeps:
   arrived; 0 bytes means the peer closed. An accept completion carries `accepted == (sock, addr)`.
 - `shutdown()` completes every pending operation as CANCELLED and runs its callback before it returns.
 - `post()` may be called from any thread and wakes a blocked `process_completions`.
+
+Provided-buffer receives (`recv_async_provided`, feature "ProvidedBuffers"): the caller gives no
+buffer; the provider picks memory when data arrives and the SUCCESS result carries it as
+`result.data`, a memoryview of exactly `bytes_transferred` bytes (empty: the peer closed).
+THAT MEMORY BELONGS TO THE PROVIDER AND IS REUSED: `result.data` is valid only until the callback
+returns (a caller reading `results` instead of callbacks: until its next `process_completions`
+call). Copy what must outlive that (`bytes(result.data[i:j])`); never keep the memoryview. Failed,
+cancelled and timed-out provided receives carry `data is None`. Every backend offers the method;
+"ProvidedBuffers" is True only where no memory is held while the receive waits (the kernel or the
+readiness loop picks it when data arrives), so an idle connection costs no receive buffer.
 """
 
 from __future__ import annotations
@@ -46,11 +56,14 @@ class OpType(IntEnum):
 
 class CompletionResult:
     """Result of one operation. `error_code` is an `ErrorCode` where the seed maps the OS error,
-    else the OS code itself (0 on success)."""
+    else the OS code itself (0 on success). `data` is set only for a successful
+    `recv_async_provided`: provider-owned memory, valid only until the callback returns (see the
+    module docstring)."""
 
     __slots__ = (
         "accepted",
         "bytes_transferred",
+        "data",
         "error_code",
         "op_type",
         "operation_id",
@@ -67,6 +80,7 @@ class CompletionResult:
         user_context: Any = None,
         op_type: OpType | None = None,
         accepted: tuple[socket.socket, Any] | None = None,
+        data: memoryview | None = None,
     ) -> None:
         self.status = status
         self.bytes_transferred = bytes_transferred
@@ -75,6 +89,7 @@ class CompletionResult:
         self.user_context = user_context
         self.op_type = op_type
         self.accepted = accepted
+        self.data = data
 
     @property
     def ok(self) -> bool:
@@ -158,6 +173,19 @@ class AsyncIOProvider(ABC):
         context: Any = None,
         timeout_ms: int | None = None,
     ) -> int: ...
+
+    @abstractmethod
+    def recv_async_provided(
+        self,
+        sock: socket.socket,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+        timeout_ms: int | None = None,
+    ) -> int:
+        """Receive into provider-owned memory picked when data arrives; completes like
+        `recv_async` with the bytes in `result.data` (a memoryview VALID ONLY UNTIL THE CALLBACK
+        RETURNS, or for a `results` reader until the next `process_completions`). 0 bytes: the
+        peer closed. See the module docstring."""
 
     @abstractmethod
     def accept_async(

@@ -152,6 +152,12 @@ class SessionHost:
         self._own_provider = provider is None
         self.registry = SessionRegistry()
         self.pool: BufferPool | None = None
+        # The provider picks receive memory when data arrives ("ProvidedBuffers"): sessions then
+        # hold no receive buffer at all and the pool stays empty (see _post_recv).
+        self._provided = False
+        # Bound once: a pending receive holds its callback, and a bound method made per receive
+        # would cost every idle connection 64 bytes (and an allocation per read).
+        self._recv_provided_cb = self._on_recv_provided
         s = settings.session
         self._write_high = s.write_high_water
         self._write_low = s.write_low_water
@@ -209,11 +215,12 @@ class SessionHost:
         for name, value in io.options.items():
             if not provider.set_option(name, value):
                 log.warning("provider option not supported", backend=provider.name, option=name, value=value)
+        self._provided = provider.supports_feature("ProvidedBuffers")
         b = self.settings.buffers
         self.pool = BufferPool(
             provider,
             b.recv_buffer_size,
-            b.initial_buffers,
+            0 if self._provided else b.initial_buffers,
             b.max_buffers,
             register=b.register_with_kernel,
             small_size=min(_SMALL_RECV_BUFFER, b.recv_buffer_size // 2),
@@ -450,6 +457,16 @@ class SessionHost:
         self._post_recv(session._ctx, None)
 
     def _post_recv(self, ctx: OpContext, buf: Any) -> None:
+        if self._provided:
+            # No buffer on loan while the receive waits: the provider picks memory when data
+            # arrives (so nothing to defer either; its own memory is bounded).
+            if self.provider.recv_async_provided(ctx.sock, self._recv_provided_cb, ctx):
+                ctx.pending += 1
+            else:
+                session = ctx.ref()
+                if session is not None:
+                    self._abort_session(session, "receive could not be posted")
+            return
         pool = self.pool
         if buf is None:
             buf = pool.acquire_small()
@@ -597,16 +614,7 @@ class SessionHost:
         if n == 0 or result.status != _SUCCESS:
             if buf is not None:
                 self.pool.release(buf)
-            if result.status == _SUCCESS:
-                session._eof = True
-                if session._state == CLOSING:
-                    if session._drained:
-                        self._finalize(session, session._close_reason)
-                    # else: the flush completes first, then finalizes (EOF already seen)
-                else:
-                    self._eof_received(session)
-            else:
-                self._abort_session(session, self._error_reason("recv", result))
+            self._recv_ended(session, result)
             return
         session.bytes_in += n
         self.bytes_in += n
@@ -654,8 +662,64 @@ class SessionHost:
                 pool.release(buf)
                 self._abort_session(session, "receive could not be posted")
                 return
-        if not msgs:
+        if msgs:
+            self._deliver(session, msgs)
+
+    def _on_recv_provided(self, result: CompletionResult, ctx: OpContext) -> None:
+        """_on_recv for provider-picked memory: `result.data` is valid only inside this callback;
+        the decoder copies nothing but an incomplete tail, and decoded messages own their bytes."""
+        ctx.pending -= 1
+        registry = self.registry  # resolve(), inlined as in _on_recv
+        slot = ctx.slot
+        session = registry._sessions[slot] if registry._generations[slot] == ctx.generation else None
+        if session is None:
+            registry.resolve(ctx)
+            if ctx.pending <= 0 and ctx.closed:
+                self._release_ctx(ctx)
             return
+        n = result.bytes_transferred
+        if n == 0 or result.status != _SUCCESS:
+            self._recv_ended(session, result)
+            return
+        session.bytes_in += n
+        self.bytes_in += n
+        if session._state != OPEN:
+            self._post_recv(ctx, None)  # closing: read and discard until EOF
+            return
+        msgs: list[Any] = []
+        try:
+            frames = session._decoder.feed(result.data, msgs)
+        except ProtocolError as exc:
+            self.protocol_errors += 1
+            self._abort_session(session, f"protocol error: {exc}")
+            return
+        if frames:
+            session._last_frame = self.now
+            session.frames_in += frames
+            self.frames_in += frames
+        if self.provider.recv_async_provided(ctx.sock, self._recv_provided_cb, ctx):
+            ctx.pending += 1
+        else:
+            self._abort_session(session, "receive could not be posted")
+            return
+        if msgs:
+            self._deliver(session, msgs)
+
+    def _recv_ended(self, session: Session, result: CompletionResult) -> None:
+        """A receive got EOF (0 bytes) or failed."""
+        if result.status == _SUCCESS:
+            session._eof = True
+            if session._state == CLOSING:
+                if session._drained:
+                    self._finalize(session, session._close_reason)
+                # else: the flush completes first, then finalizes (EOF already seen)
+            else:
+                self._eof_received(session)
+        else:
+            self._abort_session(session, self._error_reason("recv", result))
+
+    def _deliver(self, session: Session, msgs: list[Any]) -> None:
+        """Hand decoded messages to the session's handler."""
         if len(msgs) == 1 and session._task is None and not session._backlog and session._state == OPEN:
             # One message, nothing queued before it (ping-pong): no dispatch loop.
             try:
@@ -802,6 +866,7 @@ class SessionHost:
             "slow_consumers": self.slow_consumers,
             "idle_timeouts": self.idle_timeouts,
             "recv_deferred": self.recv_deferred,
+            "provided_buffers": self._provided,
             "backend": provider.name if provider is not None else None,
         }
         if self.pool is not None:

@@ -39,6 +39,9 @@ typedef struct {
 #define FW_UD_CANCEL ...
 #define FW_UD_WAKE ...
 #define FW_HAVE_MULTISHOT_ACCEPT ...
+#define FW_BGID ...
+#define IORING_CQE_F_BUFFER ...
+#define IORING_CQE_BUFFER_SHIFT ...
 #define IORING_FEAT_NODROP ...
 #define IORING_FEAT_EXT_ARG ...
 #define IORING_CQE_F_MORE ...
@@ -61,6 +64,10 @@ int fw_register_files_sparse(fw_ring *r, unsigned nr);
 int fw_update_file(fw_ring *r, unsigned slot, int fd);
 int fw_register_buffers_sparse(fw_ring *r, unsigned nr);
 int fw_update_buffer(fw_ring *r, unsigned slot, void *base, size_t len);
+int fw_pbuf_setup(fw_ring *r, unsigned entries, char *base, unsigned size);
+void fw_pbuf_recycle(fw_ring *r, unsigned bid);
+void fw_pbuf_recycle_many(fw_ring *r, uint16_t *bids, unsigned n);
+int fw_prep_recv_select(fw_ring *r, int fd, int fixed_file, unsigned len, uint64_t ud, int64_t timeout_ns);
 
 int fw_prep_send(fw_ring *r, int fd, int fixed_file, char *buf, size_t off, unsigned len,
                  uint64_t ud, int64_t timeout_ns);
@@ -86,6 +93,7 @@ SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <liburing.h>
 
@@ -94,6 +102,7 @@ SOURCE = r"""
 #define FW_UD_ACCEPT_TAG  (1ULL << 61)   /* multishot accept of one listener */
 #define FW_UD_CANCEL      ((1ULL << 63) | 1ULL)
 #define FW_UD_WAKE        ((1ULL << 63) | 2ULL)
+#define FW_BGID 1                        /* the one provided-buffer group (a buffer ring) */
 
 #if defined(IORING_ACCEPT_MULTISHOT)
 #define FW_HAVE_MULTISHOT_ACCEPT 1
@@ -117,6 +126,10 @@ typedef struct {
     uint64_t wake_buf;       /* target of the eventfd read that post() completes */
     struct __kernel_timespec *ts;  /* one per SQ slot: a link timeout's timespec lives until submit */
     struct io_uring_probe *probe;
+    struct io_uring_buf_ring *br;  /* provided-buffer ring (NULL = none), shared with the kernel */
+    unsigned br_entries;
+    char *pbuf_base;               /* br_entries buffers of pbuf_size bytes, owned by Python */
+    unsigned pbuf_size;
     struct io_uring ring;
 } fw_ring;
 
@@ -151,6 +164,10 @@ static fw_ring *fw_ring_new(unsigned entries, unsigned cq_entries, int *err)
 static void fw_ring_free(fw_ring *r)
 {
     if (!r) return;
+    if (r->br) {
+        io_uring_unregister_buf_ring(&r->ring, FW_BGID);
+        munmap(r->br, r->br_entries * sizeof(struct io_uring_buf));
+    }
     io_uring_queue_exit(&r->ring);
     if (r->probe) io_uring_free_probe(r->probe);
     free(r->ts);
@@ -194,6 +211,50 @@ static int fw_update_buffer(fw_ring *r, unsigned slot, void *base, size_t len)
     __u64 tag = 0;
     int ret = io_uring_register_buffers_update_tag(&r->ring, slot, &iov, &tag, 1);
     return ret == 1 ? 0 : (ret < 0 ? ret : -EIO);
+}
+
+/* Register a buffer ring of `entries` (a power of two) buffers base + i * size, all handed to the
+   kernel at once. The ring itself is page-aligned memory the kernel maps; 0 or -errno. */
+static int fw_pbuf_setup(fw_ring *r, unsigned entries, char *base, unsigned size)
+{
+    size_t len = entries * sizeof(struct io_uring_buf);
+    void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (mem == MAP_FAILED) return -errno;
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (unsigned long)(uintptr_t)mem;
+    reg.ring_entries = entries;
+    reg.bgid = FW_BGID;
+    int ret = io_uring_register_buf_ring(&r->ring, &reg, 0);
+    if (ret) { munmap(mem, len); return ret; }
+    r->br = mem;
+    r->br_entries = entries;
+    r->pbuf_base = base;
+    r->pbuf_size = size;
+    io_uring_buf_ring_init(r->br);
+    int mask = io_uring_buf_ring_mask(entries);
+    for (unsigned i = 0; i < entries; i++)
+        io_uring_buf_ring_add(r->br, base + (size_t)i * size, size, (unsigned short)i, mask, (int)i);
+    io_uring_buf_ring_advance(r->br, (int)entries);
+    return 0;
+}
+
+/* Give buffer `bid` back to the kernel (its data was delivered). */
+static void fw_pbuf_recycle(fw_ring *r, unsigned bid)
+{
+    io_uring_buf_ring_add(r->br, r->pbuf_base + (size_t)bid * r->pbuf_size, r->pbuf_size,
+                          (unsigned short)bid, io_uring_buf_ring_mask(r->br_entries), 0);
+    io_uring_buf_ring_advance(r->br, 1);
+}
+
+/* Give `n` buffers back with one tail update (Python passes a list: cffi makes the array). */
+static void fw_pbuf_recycle_many(fw_ring *r, uint16_t *bids, unsigned n)
+{
+    int mask = io_uring_buf_ring_mask(r->br_entries);
+    for (unsigned i = 0; i < n; i++)
+        io_uring_buf_ring_add(r->br, r->pbuf_base + (size_t)bids[i] * r->pbuf_size, r->pbuf_size,
+                              bids[i], mask, (int)i);
+    io_uring_buf_ring_advance(r->br, (int)n);
 }
 
 /* An SQE with room for `need` (the op plus its linked timeout), or NULL: the caller flushes. */
@@ -241,6 +302,20 @@ static int fw_prep_recv(fw_ring *r, int fd, int fixed_file, char *buf, unsigned 
     struct io_uring_sqe *sqe = fw_get(r, FW_NEED(timeout_ns));
     if (!sqe) return -EBUSY;
     io_uring_prep_recv(sqe, fd, buf, len, 0);
+    fw_finish(r, sqe, fixed_file, ud, timeout_ns);
+    return 0;
+}
+
+/* A recv whose buffer the kernel picks from the ring when data arrives (IOSQE_BUFFER_SELECT): a
+   recv waiting for data holds none; the CQE flags carry IORING_CQE_F_BUFFER and the buffer id. */
+static int fw_prep_recv_select(fw_ring *r, int fd, int fixed_file, unsigned len, uint64_t ud,
+                               int64_t timeout_ns)
+{
+    struct io_uring_sqe *sqe = fw_get(r, FW_NEED(timeout_ns));
+    if (!sqe) return -EBUSY;
+    io_uring_prep_recv(sqe, fd, NULL, len, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = FW_BGID;
     fw_finish(r, sqe, fixed_file, ud, timeout_ns);
     return 0;
 }

@@ -6,6 +6,14 @@ table, the queue of finished completions and its delivery through `process_compl
 coalesced wake-up, the per-operation timeout heap, statistics, user-space buffer registration and
 the shutdown sweep. A backend implements the hooks at the bottom of the class.
 
+Provided-buffer receives (`recv_async_provided`): a result whose memory must go back to the
+provider is a `LeasedResult` (its `lease` says what to give back). The delivery loop collects the
+ones it delivered and the next `process_completions` call releases them before it polls (so the
+data stays valid through the callback, and for a `results` reader until that next call); results
+still queued beyond `max_results` keep theirs. The default here posts a normal recv into a buffer
+from a small free list: correct on every backend, but the buffer is held while the recv waits, so
+"ProvidedBuffers" stays False; epoll/kqueue and io_uring override it with memory picked on arrival.
+
 Everything on the per-operation path (`_new_op`, `_complete`, the delivery loop) is written for
 speed: no IntEnum attribute lookups, no helper calls that cost as much as their bodies, no tuple
 per queued completion, and `average_latency_ms` from a 1-in-16 sample of operations.
@@ -45,6 +53,16 @@ _ERROR = Status.ERROR
 _SEND = OpType.SEND
 _RECV = OpType.RECV
 _LATENCY_SAMPLE = 16  # with measure_latency, one operation in this many is timed (two clock reads)
+PROVIDED_BUFFER_SIZE = 16384  # default size of a provider-owned receive buffer
+_PBUF_FREE_MAX = 64  # free provided buffers kept for reuse by the default implementation
+_EMPTY = memoryview(b"")
+
+
+class LeasedResult(CompletionResult):
+    """A provided-buffer receive's result whose memory goes back to the provider after delivery:
+    `lease` is the backend's handle for it (a buffer id, a pooled bytearray)."""
+
+    __slots__ = ("lease",)
 
 
 class Operation:
@@ -148,6 +166,17 @@ class QueuedProvider(AsyncIOProvider):
         self._callback_errors = 0
         self._posted_count = 0
         self._poll_calls = 0  # kernel waits; the contract suite checks an idle loop does not spin
+        # Provided-buffer receives: pooled buffers of pending default-path recvs (by op id), the
+        # free list, how many are out, and delivered LeasedResults awaiting release.
+        self._leases: dict[int, bytearray] = {}
+        self._pbuf_free: list[bytearray] = []
+        self._pbuf_size = PROVIDED_BUFFER_SIZE
+        self._pbuf_out = 0
+        self._lent: list[LeasedResult] = []
+        # True where the backend itself picks memory when data arrives: a provided recv is then
+        # posted with `buf=None` to `_backend_recv` (and "ProvidedBuffers" is reported).
+        self._provided_on_arrival = False
+        self._provided_off = False  # set_option("provided_buffers", False): use the pooled default
         self.last_error: str = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -185,6 +214,9 @@ class QueuedProvider(AsyncIOProvider):
         while self._ready:
             result = self._ready.popleft()
             self._run_callback(self._ready.popleft(), result)
+            if type(result) is LeasedResult:
+                self._lent.append(result)
+        self._release_lent()
         for entry in list(self._sockets.values()):
             self._backend_unregister(entry)
         self._sockets.clear()
@@ -336,6 +368,32 @@ class QueuedProvider(AsyncIOProvider):
         self._backend_recv(op)
         return op.op_id
 
+    def recv_async_provided(self, sock, callback=None, context=None, timeout_ms=None) -> int:
+        """See the module docstring: `_backend_recv` gets `buf=None` where the backend picks memory
+        on arrival; else (the default) a normal recv into a pooled buffer, held while it waits."""
+        if not self._initialized or self._closed:
+            self.last_error = "provider is not initialized"
+            return 0
+        if self._provided_on_arrival:
+            op = self._new_op(_RECV, sock, None, callback, context)
+            if op.entry is not None:
+                if timeout_ms is not None:
+                    self._arm_timeout(op, timeout_ms)
+                self._backend_recv(op)
+            return op.op_id
+        free = self._pbuf_free
+        buf = free.pop() if free else bytearray(self._pbuf_size)
+        self._pbuf_out += 1
+        op = self._new_op(_RECV, sock, memoryview(buf), callback, context)
+        if op.entry is None:  # already completed (not registered), before the lease was recorded
+            self._release_leases([buf])
+            return op.op_id
+        self._leases[op.op_id] = buf
+        if timeout_ms is not None:
+            self._arm_timeout(op, timeout_ms)
+        self._backend_recv(op)
+        return op.op_id
+
     def accept_async(self, listen_sock, callback=None, context=None) -> int:
         if not self.initialized:
             self.last_error = "provider is not initialized"
@@ -407,8 +465,11 @@ class QueuedProvider(AsyncIOProvider):
         nbytes: int,
         error_code: int,
         accepted: tuple[socket.socket, Any] | None = None,
+        data: memoryview | None = None,
+        lease: Any = None,
     ) -> None:
-        """Finish `op` exactly once and queue its result for delivery."""
+        """Finish `op` exactly once and queue its result for delivery. `data`/`lease`: a
+        provided-buffer receive's bytes and, if they are provider memory to give back, its handle."""
         op_id = op.op_id
         if self._pending.pop(op_id, None) is None:
             return
@@ -425,7 +486,23 @@ class QueuedProvider(AsyncIOProvider):
             self._latency_total_ns += _monotonic_ns() - op.started_ns
             self._latency_count += 1
         ready = self._ready
-        ready.append(CompletionResult(status, nbytes, error_code, op_id, op.context, op.op_type, accepted))
+        if self._leases:  # a default-path provided recv: its pooled buffer becomes the data
+            buf = self._leases.pop(op_id, None)
+            if buf is not None:
+                if status == 0 and nbytes:
+                    data = op.buf[:nbytes]
+                    lease = buf
+                else:
+                    self._release_leases([buf])
+                    data = _EMPTY if status == 0 else None
+        if lease is None:
+            ready.append(
+                CompletionResult(status, nbytes, error_code, op_id, op.context, op.op_type, accepted, data)
+            )
+        else:
+            result = LeasedResult(status, nbytes, error_code, op_id, op.context, op.op_type, None, data)
+            result.lease = lease
+            ready.append(result)
         ready.append(op.callback)
         op.buf = None
         op.callback = None
@@ -485,6 +562,8 @@ class QueuedProvider(AsyncIOProvider):
             )  # user_context carries the message, as for a ProviderError below
             return -1
         ready = self._ready
+        if self._lent:
+            self._release_lent()  # delivered last call: their data is no longer valid
         if self._posted:
             self._drain_posted()
         try:
@@ -520,11 +599,14 @@ class QueuedProvider(AsyncIOProvider):
         n = 0
         append = results.append
         popleft = ready.popleft
+        lent = self._lent
         while ready and n < max_results:
             result = popleft()
             callback = popleft()
             append(result)
             n += 1
+            if type(result) is LeasedResult:
+                lent.append(result)
             if callback is not None:
                 try:  # _run_callback, inlined: one Python call less per completion
                     callback(result, result.user_context)
@@ -538,11 +620,22 @@ class QueuedProvider(AsyncIOProvider):
         return name in self._features()
 
     def _features(self) -> frozenset[str]:
-        return frozenset({"BatchSubmit", "PostCompletion", "OperationTimeout", "Cancel"})
+        feats = frozenset({"BatchSubmit", "PostCompletion", "OperationTimeout", "Cancel"})
+        return feats | {"ProvidedBuffers"} if self._provided_on_arrival else feats
 
     def set_option(self, name: str, value: Any) -> bool:
         if name == "measure_latency":
             self._measure_latency = bool(value)
+            return True
+        if name == "provided_buffers":  # False: the pooled default even where memory is picked on arrival
+            self._provided_off = not value
+            self._provided_on_arrival = bool(value) and self._provided_capable()
+            return self._provided_on_arrival == bool(value)
+        if name == "provided_buffer_size":  # io_uring applies it to its ring at initialize
+            if type(value) is not int or not 512 <= value <= 1 << 20:
+                return False
+            self._pbuf_size = value
+            self._pbuf_free.clear()
             return True
         return self._backend_set_option(name, value)
 
@@ -556,6 +649,8 @@ class QueuedProvider(AsyncIOProvider):
             "ready_queue": len(self._ready) // 2,
             "latency_samples": self._latency_count,
             "registered_buffers": len(self._buffers),
+            "provided_buffers_in_use": self._pbuf_out,
+            "provided_buffer_size": self._pbuf_size,
         }
         specific.update(self._backend_statistics())
         return ProviderStatistics(
@@ -567,6 +662,31 @@ class QueuedProvider(AsyncIOProvider):
             backend=self.name,
             backend_specific=specific,
         )
+
+    # ------------------------------------------------------------------ provided buffers
+    def _release_lent(self) -> None:
+        """Give back the memory of delivered provided-buffer results; their `data` goes None."""
+        lent = self._lent
+        self._lent = []
+        leases = []
+        for result in lent:
+            result.data = None
+            leases.append(result.lease)
+        self._release_leases(leases)
+
+    def _provided_capable(self) -> bool:
+        """Whether this backend can pick receive memory on arrival (see `_provided_on_arrival`)."""
+        return False
+
+    def _release_leases(self, leases: list[Any]) -> None:
+        """Return provided memory; the default's leases are pooled bytearrays. Backends with their
+        own provided memory override this (and call it for leases of the default path)."""
+        free = self._pbuf_free
+        size = self._pbuf_size
+        for buf in leases:
+            self._pbuf_out -= 1
+            if len(free) < _PBUF_FREE_MAX and len(buf) == size:
+                free.append(buf)
 
     # ------------------------------------------------------------------ buffers
     def register_buffer(self, buffer: bytearray | memoryview) -> int:
@@ -626,6 +746,8 @@ class QueuedProvider(AsyncIOProvider):
         raise NotImplementedError
 
     def _backend_recv(self, op: Operation) -> None:
+        """Start a recv into `op.buf`; `op.buf is None` (only where `_provided_on_arrival`): into
+        memory the backend picks when data arrives, completed with `_complete(..., data, lease)`."""
         raise NotImplementedError
 
     def _backend_accept(self, op: Operation) -> None:

@@ -37,6 +37,18 @@ Facts about io_uring that shaped this module:
 - Fixed files (`io_uring_register_files_sparse`, IOSQE_FIXED_FILE) save the per-operation fd lookup,
   but the table holds a reference to the file: a registered socket closed without `unregister_socket`
   would stay open (no FIN to the peer). So they are opt-in: `set_option("fixed_files", True)`.
+- Provided buffers (`recv_async_provided`, 5.19+): one buffer ring (`io_uring_register_buf_ring`,
+  then `io_uring_buf_ring_add`/`_advance`, all in liburing 2.3) of `provided_buffer_count` buffers
+  of `provided_buffer_size` bytes (default 1024 x 16 KiB) in one anonymous mmap, so untouched
+  buffers cost no RSS. IORING_OP_RECV with IOSQE_BUFFER_SELECT takes a buffer only when data is
+  there (a recv that has to wait gives it back before arming its poll), so an idle connection
+  holds none. The CQE has IORING_CQE_F_BUFFER and the buffer id in flags >> 16; the data is
+  delivered as a memoryview into that buffer, which goes back to the ring (tail advance) at the next
+  `process_completions`, after its delivery. An empty ring fails the recv with -ENOBUFS: the
+  operation then waits in user space (its deadline on the base heap) and is submitted again as
+  soon as buffers come back; it is never failed for that. A 0-byte (EOF) CQE may still have
+  consumed a buffer: it is given back at once. Ring memory is Python-owned (an mmap object that
+  outstanding memoryviews keep alive), the ring is unregistered only after every CQE arrived.
 - In-flight requests also hold a file reference; closing a socket does not end its operations. That is
   why unregistering (or re-registering a reused fd number) cancels them explicitly.
 - `post()` from another thread writes an eventfd that has a read SQE pending, so a blocked enter
@@ -49,6 +61,7 @@ from __future__ import annotations
 
 import errno
 import heapq
+import mmap
 import os
 import resource
 import socket
@@ -60,7 +73,7 @@ from typing import Any
 
 import structlog
 
-from framework.io.backends.base import Operation, QueuedProvider, SocketEntry, as_memoryview
+from framework.io.backends.base import _EMPTY, Operation, QueuedProvider, SocketEntry, as_memoryview
 from framework.io.errors import BackendUnavailable, ErrorCode, map_errno
 from framework.io.provider import OpType, Status
 
@@ -87,6 +100,8 @@ _ACCEPT_BACKLOG_CAP = 128  # accepted-but-unclaimed fds before multishot accept 
 _SHUTDOWN_WAIT_S = 5.0
 _CANCEL_ERRNOS = (errno.ECANCELED, errno.EINTR)
 _SQ_FULL = -errno.EBUSY  # what a fw_prep_* returns when the SQ has no room
+PROVIDED_BUFFER_COUNT = 1024  # buffers in the provided-buffer ring (a power of two <= 32768)
+_PARKED = object()  # Operation.token of a provided recv waiting in user space for ring buffers
 
 _SUCCESS = Status.SUCCESS
 _RECV = OpType.RECV
@@ -210,6 +225,13 @@ class IoUringProvider(QueuedProvider):
         self._multishot_accepts = 0
         self._short_sends = 0
         self._leaked_ring = False
+        self._pbuf_count = PROVIDED_BUFFER_COUNT
+        self._pbuf_mem: mmap.mmap | None = None
+        self._pbuf_view: memoryview | None = None
+        self._pbuf_ring_size = 0  # buffer size of the registered ring
+        self._starved: deque[Operation] = deque()  # provided recvs parked after -ENOBUFS
+        self._enobufs = 0
+        self._ring_out = 0  # ring buffers the kernel filled whose data is not yet released
 
     # ------------------------------------------------------------------ lifecycle
     def _backend_open(self) -> None:
@@ -254,13 +276,35 @@ class IoUringProvider(QueuedProvider):
         if lib.fw_register_buffers_sparse(ring, _MAX_FIXED_BUFFERS) == 0:
             self._buffer_slots = deque(range(_MAX_FIXED_BUFFERS))
             feats.add("BufferRegistration")
+        self._setup_buffer_ring()
         feats.discard("")
         self._features_found = frozenset(feats)
 
+    def _setup_buffer_ring(self) -> None:
+        """Register the provided-buffer ring; without it (kernel < 5.19) the base class's pooled
+        default serves recv_async_provided and "ProvidedBuffers" stays False."""
+        count, size = self._pbuf_count, self._pbuf_size
+        mem = mmap.mmap(-1, count * size)
+        handle = self._ffi.from_buffer(mem)
+        rc = self._lib.fw_pbuf_setup(self._ring, count, handle, size)
+        self._ffi.release(handle)  # the kernel has the address; `mem` stays mapped while we live
+        if rc != 0:
+            mem.close()
+            return
+        self._pbuf_mem = mem
+        self._pbuf_view = memoryview(mem)
+        self._pbuf_ring_size = size
+        self._ring_out = 0
+        self._provided_on_arrival = not self._provided_off
+
     def _backend_close(self) -> None:
         wakefd, self._wakefd = self._wakefd, -1  # first, so a racing post() stops writing to it
+        self._provided_on_arrival = False
+        # Not closed: memoryviews a caller kept still point into it (a stale view must not crash).
+        pbuf_mem, self._pbuf_mem, self._pbuf_view = self._pbuf_mem, None, None
+        self._starved.clear()
         if self._leaked_ring:
-            _leaked.append((self._ring, self._pending, wakefd))
+            _leaked.append((self._ring, self._pending, wakefd, pbuf_mem))
         else:
             if wakefd >= 0:
                 os.close(wakefd)
@@ -341,6 +385,9 @@ class IoUringProvider(QueuedProvider):
             raise OSError(-rc, f"io_uring_submit: {os.strerror(-rc)}")
 
     def _backend_recv(self, op: Operation) -> None:
+        if op.buf is None:
+            self._prep_provided(op)
+            return
         op.token = self._ffi.from_buffer(op.buf, require_writable=True)
         st: _UringSocket = op.entry.state
         tmo = max(0, op.deadline - time.monotonic_ns()) if op.deadline else -1
@@ -361,6 +408,76 @@ class IoUringProvider(QueuedProvider):
                 rc = lib.fw_prep_read_fixed(*args)
         if rc < 0:
             self._fail(op, -rc)
+
+    def _prep_provided(self, op: Operation) -> None:
+        """Submit a buffer-select recv (the kernel picks a ring buffer when data arrives)."""
+        st: _UringSocket = op.entry.state
+        tmo = max(0, op.deadline - time.monotonic_ns()) if op.deadline else -1
+        lib = self._lib
+        size = self._pbuf_ring_size
+        rc = lib.fw_prep_recv_select(self._ring, st.io_fd, st.slot >= 0, size, op.op_id, tmo)
+        if rc == _SQ_FULL:
+            self._flush()
+            rc = lib.fw_prep_recv_select(self._ring, st.io_fd, st.slot >= 0, size, op.op_id, tmo)
+        if rc < 0:
+            self._fail(op, -rc)
+
+    def recv_async_provided(self, sock, callback=None, context=None, timeout_ms=None) -> int:
+        if timeout_ms is not None or not self._provided_on_arrival or not self._initialized or self._closed:
+            return super().recv_async_provided(sock, callback, context, timeout_ms)
+        # A session's receive loop: straight to the SQE, without the base class's hops.
+        op = self._new_op(_RECV, sock, None, callback, context)
+        if op.entry is not None:
+            self._prep_provided(op)
+        return op.op_id
+
+    def _provided_cqe(self, op: Operation, res: int, flags: int) -> None:
+        """A buffer-select recv finished with `res` >= 0 bytes (the poll loop inlines the common
+        case: data in a ring buffer)."""
+        if flags & 1:  # IORING_CQE_F_BUFFER: the kernel took ring buffer flags >> 16
+            bid = flags >> 16
+            self._ring_out += 1
+            if res:
+                off = bid * self._pbuf_ring_size
+                self._complete(op, _SUCCESS, res, 0, None, self._pbuf_view[off : off + res], bid)
+                return
+            self._release_leases([bid])  # EOF: nothing to deliver from it
+        self._complete(op, _SUCCESS, res, 0, None, _EMPTY)
+
+    def _park_starved(self, op: Operation) -> None:
+        """-ENOBUFS: wait in user space until ring buffers come back (never fail the recv)."""
+        self._enobufs += 1
+        if self._ring_out < self._pbuf_count:
+            # Buffers went back to the ring after the kernel found it empty: nothing would wake a
+            # parked op, so submit it again now (with the next enter, never in a tight loop).
+            self._prep_provided(op)
+            return
+        op.token = _PARKED
+        self._starved.append(op)
+        if op.deadline:
+            self._push_timeout(op)
+
+    def _provided_capable(self) -> bool:
+        return self._pbuf_view is not None
+
+    def _release_leases(self, leases: list[Any]) -> None:
+        if self._pbuf_view is None:  # no ring: the base class's pooled buffers
+            super()._release_leases(leases)
+            return
+        if self._pbuf_out:  # pooled-path bytearrays may be mixed in (set_option("provided_buffers"))
+            super()._release_leases([b for b in leases if type(b) is not int])
+            leases = [b for b in leases if type(b) is int]
+        n = len(leases)
+        if n:
+            self._lib.fw_pbuf_recycle_many(self._ring, leases, n)  # one tail update for all
+        self._ring_out -= n
+        starved = self._starved
+        while starved and n and not self._closed:
+            op = starved.popleft()
+            if op.op_id in self._pending:
+                op.token = None
+                n -= 1
+                self._prep_provided(op)
 
     def send_async(self, sock, data, callback=None, context=None, timeout_ms=None) -> int:
         # The base version minus the memoryview for `bytes` (from_buffer takes bytes as they are)
@@ -533,6 +650,13 @@ class IoUringProvider(QueuedProvider):
         if op_id in self._cancelling or op_id not in self._pending:
             return
         st: _UringSocket | None = op.entry.state if op.entry is not None else None
+        if op.token is _PARKED:  # a provided recv waiting for ring buffers, not in the kernel
+            try:
+                self._starved.remove(op)
+            except ValueError:
+                pass
+            self._complete(op, status, 0, error_code)
+            return
         if st is not None:
             # Not in the kernel yet: nothing to wait for.
             if op.op_type == _SEND and st.sending is not op:
@@ -558,6 +682,7 @@ class IoUringProvider(QueuedProvider):
         n = lib.fw_submit_wait_reap(ring, timeout_ms, self._cqes, _CQE_BATCH)
         pending = self._pending
         complete = self._complete
+        pview, psize = self._pbuf_view, self._pbuf_ring_size
         while True:
             if n < 0:
                 raise OSError(-n, f"io_uring_enter: {os.strerror(-n)}")
@@ -567,11 +692,21 @@ class IoUringProvider(QueuedProvider):
                     self._internal_cqe(ud, res, flags)
                     continue
                 if res < 0:
+                    if flags & 1:  # an error that still consumed a ring buffer: give it back
+                        self._ring_out += 1
+                        self._release_leases([flags >> 16])
                     self._op_failed(op, -res)
                     continue
                 t = op.op_type
                 if t is _RECV:
-                    complete(op, _SUCCESS, res, 0)
+                    if op.buf is not None:
+                        complete(op, _SUCCESS, res, 0)
+                    elif flags & 1 and res:  # provided: data in ring buffer flags >> 16
+                        self._ring_out += 1
+                        off = (flags >> 16) * psize
+                        complete(op, _SUCCESS, res, 0, None, pview[off : off + res], flags >> 16)
+                    else:
+                        self._provided_cqe(op, res, flags)
                 elif t is _SEND:
                     done = op.done + res
                     if done == len(op.buf):  # the common case: all written, inlined
@@ -622,6 +757,8 @@ class IoUringProvider(QueuedProvider):
         if requested is not None:
             status, code = requested
             self._complete(op, status, op.done, code)
+        elif err == errno.ENOBUFS and op.buf is None and op.op_type is _RECV and not self._closed:
+            self._park_starved(op)
         elif err in _CANCEL_ERRNOS and op.deadline:
             self._complete(op, Status.TIMEOUT, op.done, ErrorCode.CONNECTION_TIMEOUT)  # linked timeout
         elif err in _CANCEL_ERRNOS:
@@ -778,6 +915,11 @@ class IoUringProvider(QueuedProvider):
         return super()._features() | self._features_found
 
     def _backend_set_option(self, name: str, value: Any) -> bool:
+        if name == "provided_buffer_count":  # applies at initialize
+            if type(value) is not int or not 1 <= value <= 32768 or value & (value - 1) or self._ring:
+                return False
+            self._pbuf_count = value
+            return True
         if name == "fixed_files":
             if value and "FixedFileSet" not in self._features_found and self._ring is not None:
                 return False
@@ -804,6 +946,10 @@ class IoUringProvider(QueuedProvider):
             {
                 "multishot_accepts": self._multishot_accepts,
                 "short_sends": self._short_sends,
+                "provided_buffers_in_use": self._ring_out + self._pbuf_out,
+                "provided_buffer_count": self._pbuf_count if self._pbuf_view is not None else 0,
+                "provided_enobufs": self._enobufs,
+                "provided_parked": len(self._starved),
                 "fixed_buffers": len(self._fixed_buffer_of),
                 "fixed_files": sum(
                     1 for e in self._sockets.values() if e.state is not None and e.state.slot >= 0

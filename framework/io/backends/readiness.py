@@ -32,6 +32,14 @@ Facts that shaped the shared part:
   byte count is split back over the operations in order, each completing with its own length.
 - Cross-thread wake-up is an eventfd where the OS has one (one 8-byte write; counts coalesce),
   else a non-blocking pipe; either way one descriptor in the kernel's interest set.
+- Provided-buffer receives (`recv_async_provided`) wait in the same per-socket queue with no
+  buffer at all ("ProvidedBuffers" is True: an idle connection holds no receive memory). When the
+  socket is readable, `sock.recv(64 KiB)` reads and Python shrinks the result to the bytes that
+  arrived: memory is held only for data, no copy outlives the delivery. Measured on loopback with
+  68-byte messages, that costs the same as recv_into a loop-wide scratch buffer plus a copy of
+  the n bytes (~2.4 vs ~2.6 us per send+recv pair) and needs no rotating pool, because results
+  delivered later (after `max_results`) each own their bytes. A read shorter than 64 KiB is
+  "short" for the drained-edge logic below, exactly like a plain recv shorter than its buffer.
 - Buffer registration is user-space only (the base class pins buffers by id); the kernel is not
   told, so "BufferRegistration" is False and "UserBufferRegistration" is True.
 
@@ -60,6 +68,7 @@ try:
 except (OSError, ValueError):
     _IOV_MAX = 1024
 _SUCCESS = Status.SUCCESS
+_PROVIDED_READ = 65536  # bytes asked for by one provided-buffer recv (see the module docstring)
 _CONNECT_PENDING = (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN)
 # A connection that died between the SYN queue and accept(); the next one may be fine.
 _ACCEPT_RETRY = (errno.ECONNABORTED, errno.EPROTO, errno.EINTR)
@@ -67,7 +76,9 @@ _ACCEPT_RETRY = (errno.ECONNABORTED, errno.EPROTO, errno.EINTR)
 
 class ReadinessSocket:
     """Per-socket queues (stored in `SocketEntry.state`): FIFO, so operations on one socket
-    complete in the order they were posted."""
+    complete in the order they were posted. An empty deque costs ~760 bytes, which every idle
+    connection would carry: the send and accept queues are created on first use, and the receive
+    queue is a list (a socket rarely has more than one recv waiting)."""
 
     __slots__ = (
         "accept_stalled",
@@ -85,9 +96,10 @@ class ReadinessSocket:
         self.drained = False  # the last read was short: wait for the next read edge
         # FIN or error reported, or not a byte stream: never trust a short read (always try first)
         self.always_try = sock.type != socket.SOCK_STREAM
-        self.recvq: deque[Operation] = deque()
-        self.sendq: deque[Operation] = deque()
-        self.acceptq: deque[Operation] = deque()
+        # A list: almost always 0 or 1 waiting recv, and an empty list costs 56 bytes.
+        self.recvq: list[Operation] = []
+        self.sendq: deque[Operation] | None = None
+        self.acceptq: deque[Operation] | None = None
         # The last accept() failed (EMFILE ...) with connections still waiting: the edge that
         # announced them is spent, so the next posted accept must try the syscall itself.
         self.accept_stalled = False
@@ -105,6 +117,7 @@ class ReadinessProvider(QueuedProvider):
 
     def __init__(self) -> None:
         super().__init__()
+        self._provided_on_arrival = not self._provided_off
         self._wake_r = -1
         self._wake_w = -1
         self._wake_eventfd = False
@@ -173,8 +186,8 @@ class ReadinessProvider(QueuedProvider):
         st = entry.state
         if st is not None:
             st.recvq.clear()
-            st.sendq.clear()
-            st.acceptq.clear()
+            st.sendq = None
+            st.acceptq = None
             st.connect_op = None
         self._unwatch(entry.fd)
 
@@ -190,20 +203,29 @@ class ReadinessProvider(QueuedProvider):
             return
         buf = op.buf
         try:
-            n = op.sock.recv_into(buf)
+            if buf is None:  # provided buffer: memory only for what arrived
+                data = op.sock.recv(_PROVIDED_READ)
+                n = len(data)
+            else:
+                n = op.sock.recv_into(buf)
         except BlockingIOError:
             q.append(op)
             return
         except OSError as exc:
             self._fail(op, exc.errno or 0)
             return
-        if 0 < n < len(buf) and not st.always_try:
+        if 0 < n < (_PROVIDED_READ if buf is None else len(buf)) and not st.always_try:
             st.drained = self.SHORT_READ_DRAINS
-        self._complete(op, _SUCCESS, n, 0)
+        if buf is None:
+            self._complete(op, _SUCCESS, n, 0, None, memoryview(data))
+        else:
+            self._complete(op, _SUCCESS, n, 0)
 
     def _backend_send(self, op: Operation) -> None:
         st = op.entry.state
         q = st.sendq
+        if q is None:
+            q = st.sendq = deque()
         q.append(op)
         if len(q) == 1:  # otherwise a flush is already waiting for writability (or queued below)
             if self._defer_flush is not None:
@@ -225,6 +247,8 @@ class ReadinessProvider(QueuedProvider):
 
     def _backend_accept(self, op: Operation) -> None:
         st = op.entry.state
+        if st.acceptq is None:
+            st.acceptq = deque()
         st.acceptq.append(op)
         if len(st.acceptq) == 1 or st.accept_stalled:
             self._drain_accepts(st)
@@ -256,8 +280,8 @@ class ReadinessProvider(QueuedProvider):
             else:
                 q = st.recvq if t == OpType.RECV else st.sendq if t == OpType.SEND else st.acceptq
                 try:
-                    q.remove(op)
-                except ValueError:
+                    q.remove(op)  # type: ignore[union-attr]
+                except (ValueError, AttributeError):  # not queued (or no queue: never was)
                     pass
         self._complete(op, status, op.done, error_code)
 
@@ -270,16 +294,25 @@ class ReadinessProvider(QueuedProvider):
             op = q[0]
             buf = op.buf
             try:
-                n = recv_into(buf)
+                if buf is None:  # provided buffer, as in _backend_recv
+                    data = st.sock.recv(_PROVIDED_READ)
+                    n = len(data)
+                else:
+                    n = recv_into(buf)
             except BlockingIOError:
                 return
             except OSError as exc:
-                q.popleft()
+                del q[0]
                 self._fail(op, exc.errno or 0)
                 continue  # the next recv sees EOF or the same error at once
-            q.popleft()
-            complete(op, _SUCCESS, n, 0)
-            if 0 < n < len(buf) and self.SHORT_READ_DRAINS and not st.always_try:
+            del q[0]
+            if buf is None:
+                complete(op, _SUCCESS, n, 0, None, memoryview(data))
+                size = _PROVIDED_READ
+            else:
+                complete(op, _SUCCESS, n, 0)
+                size = len(buf)
+            if 0 < n < size and self.SHORT_READ_DRAINS and not st.always_try:
                 st.drained = True
                 return  # the rest wait for the next edge
 
@@ -427,6 +460,9 @@ class ReadinessProvider(QueuedProvider):
         except OSError:
             pass  # closed by a concurrent shutdown, or full/saturated: a wake is due anyway
 
+    def _provided_capable(self) -> bool:
+        return True
+
     # ------------------------------------------------------------------ options, features, stats
     def _features(self) -> frozenset[str]:
         return super()._features() | {"UserBufferRegistration", "GatherSend", "EdgeTriggered"}
@@ -445,4 +481,5 @@ class ReadinessProvider(QueuedProvider):
             "events": self._events,
             "sendmsg_calls": self._sendmsg_calls,
             "partial_writes": self._partial_writes,
+            "provided_buffer_size": _PROVIDED_READ,  # what one provided recv asks for
         }
