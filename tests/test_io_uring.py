@@ -17,6 +17,7 @@ import structlog
 from framework.io import BackendUnavailable, CompletionResult, ErrorCode, OpType, Status, create_provider
 from framework.io.backends import io_uring as uring_mod
 from framework.io.backends.io_uring import DISABLE_ENV, NOT_BUILT_REASON, IoUringProvider
+from framework.io.provider import SendOperation
 from tests.conftest import Collector, pump
 from tests.test_provider_contract import StreamReader, pattern
 
@@ -132,6 +133,42 @@ def test_submission_queue_smaller_than_a_batch(pairs):
         assert all(r.ok and r.bytes_transferred == 32 for r in done.results)
         assert bufs == [bytearray(pattern(32, seed=i)) for i in range(40)]
         assert p.get_statistics().backend_specific["sq_full"] > 0
+    finally:
+        p.shutdown()
+
+
+@needs_uring
+def test_send_batch_through_a_tiny_submission_queue(pairs):
+    """send_batch_async prepares a flush's SQEs in one C call: 300 sends (more than the first argument
+    arrays hold) through a 4-entry SQ, plus a second send on one socket (it waits for the first)
+    and one on an unregistered socket; each completes once through its own callback and context."""
+    p = make_uring(max_connections=700, queue=4)
+    try:
+        socks = socketpairs(pairs, 300)
+        for a, _b in socks:
+            assert p.register_socket(a)
+        stray, _peer = socketpairs(pairs, 1)[0]
+        done = Collector()
+        ops = [
+            SendOperation(a, pattern(48, seed=i), context=i, callback=done) for i, (a, _b) in enumerate(socks)
+        ]
+        ops.append(SendOperation(socks[0][0], bytearray(b"-tail"), context="tail", callback=done))
+        ops.append(SendOperation(stray, b"nowhere", context="stray", callback=done))
+        assert p.send_batch_async(ops) == 302
+        pump(p, lambda: len(done) == 302)
+        by_ctx = dict(zip(done.contexts, done.results, strict=True))
+        assert by_ctx["stray"].error_code == ErrorCode.SOCKET_NOT_REGISTERED
+        assert by_ctx["tail"].ok and by_ctx["tail"].bytes_transferred == 5
+        for i, (_a, b) in enumerate(socks):
+            assert by_ctx[i].ok and by_ctx[i].bytes_transferred == 48
+            want = pattern(48, seed=i) + (b"-tail" if i == 0 else b"")
+            b.settimeout(10)
+            got = b""
+            while len(got) < len(want):
+                got += b.recv(len(want) - len(got))
+            assert got == want
+        st = p.get_statistics()
+        assert st.backend_specific["sq_full"] > 0 and st.pending_operations == 0
     finally:
         p.shutdown()
 
@@ -496,7 +533,7 @@ def test_empty_buffer_ring_parks_recvs_until_buffers_return(pairs):
 def test_provided_recv_larger_than_a_buffer_arrives_in_pieces(pairs):
     p = tiny_ring_uring(4, size=1024)
     try:
-        (a, b), = socketpairs(pairs, 1)
+        ((a, b),) = socketpairs(pairs, 1)
         assert p.register_socket(b)
         data = pattern(10_000)
         a.sendall(data)

@@ -133,6 +133,7 @@ class SessionRegistry:
             return False
         for group in list(session._groups or ()):
             group.discard(session)
+        getattr(session, "peer", None)  # resolved while the socket is still open (see Session.peer)
         self._sessions[sid.slot] = None
         self._generations[sid.slot] += 1
         self._free.append(sid.slot)

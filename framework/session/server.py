@@ -233,7 +233,8 @@ class Server(SessionHost):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        session = self._new_session(self.session_class, sock, peer, CONNECTING)
+        # The peer address is not kept: Session.peer asks the socket when needed (idle memory).
+        session = self._new_session(self.session_class, sock, None, CONNECTING)
         if not self.provider.register_socket(sock, session._ctx):
             log.warning(
                 "accepted socket could not be registered; closed",

@@ -29,9 +29,16 @@ OPEN = 1
 CLOSING = 2  # close() called: no new sends; queued output drains, then the socket closes
 CLOSED = 3
 
+_UNRESOLVED: Any = object()  # Session._peer not yet asked of the socket
+
 
 class Session:
-    """Subclass and override the `on_*` handlers. All handlers run in the loop thread."""
+    """Subclass and override the `on_*` handlers. All handlers run in the loop thread.
+
+    Idle memory: a subclass that sets attributes without declaring `__slots__` gets an instance
+    dict (~250 bytes per connection for two attributes); `__slots__ = ("player", "room")` costs 8
+    bytes per attribute. The base keeps all of its own state in slots either way, and keeps the
+    `__dict__` slot so undeclared attributes still work."""
 
     #: None: settings.session.codec; "msgpack": on_message gets decoded objects; "raw": bytes payloads.
     codec: ClassVar[str | None] = None
@@ -57,6 +64,7 @@ class Session:
         "_out_bytes",
         "_packb",
         "_paused",
+        "_peer",
         "_sending",
         "_sock",
         "_state",
@@ -68,8 +76,6 @@ class Session:
         "bytes_out",
         "frames_in",
         "frames_out",
-        "id",
-        "peer",
     )
 
     # ------------------------------------------------------------------ handlers (override)
@@ -95,10 +101,9 @@ class Session:
     # ------------------------------------------------------------------ attach (framework)
     def _attach(self, host: SessionHost, sid: SessionId, sock: socket.socket, peer: Any, state: int) -> None:
         self._host_ref = weakref.ref(host)
-        self.id = sid
-        self.peer = peer
+        self._peer = _UNRESOLVED if peer is None else peer
         self._sock = sock
-        self._ctx = OpContext(sid, self, sock)
+        self._ctx = OpContext(sid, host.registry, sock)
         self._state = state
         self._decoder = None
         self._out: list[bytes] = []
@@ -127,6 +132,36 @@ class Session:
         self.bytes_out = 0
 
     # ------------------------------------------------------------------ public API
+    @property
+    def id(self) -> SessionId | None:
+        """(slot, generation); None before the session is attached. Made on access from the
+        operation context (which keeps slot and generation for the completion path)."""
+        ctx = getattr(self, "_ctx", None)
+        return None if ctx is None else SessionId(ctx.slot, ctx.generation)
+
+    @id.setter
+    def id(self, sid: SessionId) -> None:
+        # For a session placed in a registry by hand (tests); _attach makes the real context.
+        self._ctx = OpContext(sid, None, None)  # type: ignore[arg-type]
+
+    @property
+    def peer(self) -> Any:
+        """The remote address. An accepted session asks the socket on first access (and once at
+        close, so on_disconnected still has it): keeping the accept's address tuple costs ~150
+        bytes per idle connection. None if the connection was reset before anyone asked."""
+        peer = self._peer
+        if peer is _UNRESOLVED:
+            try:
+                peer = self._sock.getpeername()
+            except (AttributeError, OSError):
+                peer = None
+            self._peer = peer
+        return peer
+
+    @peer.setter
+    def peer(self, value: Any) -> None:
+        self._peer = value
+
     @property
     def server(self) -> SessionHost | None:
         """The owning Server or Client (held weakly)."""

@@ -71,6 +71,7 @@ int fw_prep_recv_select(fw_ring *r, int fd, int fixed_file, unsigned len, uint64
 
 int fw_prep_send(fw_ring *r, int fd, int fixed_file, char *buf, size_t off, unsigned len,
                  uint64_t ud, int64_t timeout_ns);
+int fw_prep_send_batch(fw_ring *r, int *fds, char **bufs, unsigned *lens, uint64_t *uds, unsigned n);
 int fw_prep_recv(fw_ring *r, int fd, int fixed_file, char *buf, unsigned len,
                  uint64_t ud, int64_t timeout_ns);
 int fw_prep_write_fixed(fw_ring *r, int fd, int fixed_file, char *buf, size_t off, unsigned len,
@@ -294,6 +295,28 @@ static int fw_prep_send(fw_ring *r, int fd, int fixed_file, char *buf, size_t of
     io_uring_prep_send(sqe, fd, buf + off, len, MSG_NOSIGNAL | MSG_WAITALL);
     fw_finish(r, sqe, fixed_file, ud, timeout_ns);
     return 0;
+}
+
+/* A whole flush of sends (plain fds, no timeout) in one FFI call, instead of one per send. A full
+   SQ is submitted here and preparing goes on. Returns how many were prepared: fewer than n only
+   when the SQ cannot be submitted; the caller fails the rest. */
+static int fw_prep_send_batch(fw_ring *r, int *fds, char **bufs, unsigned *lens, uint64_t *uds,
+                              unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        struct io_uring_sqe *sqe = fw_get(r, 1);
+        if (!sqe) {
+            r->enters++;
+            r->submits++;
+            int rc = io_uring_submit(&r->ring);
+            if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) return (int)i;
+            sqe = fw_get(r, 1);
+            if (!sqe) return (int)i;
+        }
+        io_uring_prep_send(sqe, fds[i], bufs[i], lens[i], MSG_NOSIGNAL | MSG_WAITALL);
+        fw_finish(r, sqe, 0, uds[i], -1);
+    }
+    return (int)n;
 }
 
 static int fw_prep_recv(fw_ring *r, int fd, int fixed_file, char *buf, unsigned len,

@@ -5,9 +5,10 @@ Facts about io_uring that shaped this module:
 - Two rings shared with the kernel: the application writes submission queue entries (SQEs) and the
   kernel posts completion queue entries (CQEs). One `io_uring_enter` submits every queued SQE and can
   wait for completions in the same call, so all operations posted between two `process_completions`
-  calls reach the kernel together. The C side (`_uring_build.py`) prepares one SQE per FFI call and
-  reaps a whole batch of CQEs into a preallocated array per FFI call; Python unpacks that array with
-  `struct.iter_unpack`, never crossing the FFI boundary per field.
+  calls reach the kernel together. The C side (`_uring_build.py`) prepares one SQE per FFI call (a
+  `send_batch_async` prepares all its plain sends in one) and reaps a whole batch of CQEs into a
+  preallocated array per FFI call; Python unpacks that array with `struct.iter_unpack`, never
+  crossing the FFI boundary per field.
 - A CQE carries only the SQE's 64-bit `user_data`, `res` (bytes or -errno) and flags. `user_data` is
   the operation id; internal requests (linked timeouts, cancels, the wake-up read, multishot accepts)
   carry tag bits and the C reaper swallows the ones Python does not need.
@@ -69,13 +70,22 @@ import struct
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 
-from framework.io.backends.base import _EMPTY, Operation, QueuedProvider, SocketEntry, as_memoryview
+from framework.io.backends.base import (
+    _EMPTY,
+    _LATENCY_SAMPLE,
+    Operation,
+    QueuedProvider,
+    SocketEntry,
+    _new_operation,
+    as_memoryview,
+)
 from framework.io.errors import BackendUnavailable, ErrorCode, map_errno
-from framework.io.provider import OpType, Status
+from framework.io.provider import CompletionResult, OpType, SendOperation, Status
 
 try:  # import-safe on every OS: the extension exists only where liburing was found at install
     from framework.io.backends import _uring  # type: ignore[attr-defined]
@@ -232,6 +242,12 @@ class IoUringProvider(QueuedProvider):
         self._starved: deque[Operation] = deque()  # provided recvs parked after -ENOBUFS
         self._enobufs = 0
         self._ring_out = 0  # ring buffers the kernel filled whose data is not yet released
+        # send_batch_async's argument arrays for fw_prep_send_batch, grown on demand
+        self._batch_cap = 0
+        self._batch_fds: Any = None
+        self._batch_bufs: Any = None
+        self._batch_lens: Any = None
+        self._batch_uds: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     def _backend_open(self) -> None:
@@ -511,6 +527,81 @@ class IoUringProvider(QueuedProvider):
             self._next_send(st)
         return op_id
 
+    def send_batch_async(self, ops: Sequence[SendOperation]) -> int:
+        """All sends of a flush: the common ones (the socket's only send, plain fd, no timeout) are
+        tracked inline and their SQEs prepared in one FFI call; anything else goes via send_async."""
+        if not self._initialized or self._closed:
+            self.last_error = "provider is not initialized"
+            return 0
+        n = len(ops)
+        if n > self._batch_cap:
+            self._grow_batch(n)
+        fds, bufs, lens, uds = self._batch_fds, self._batch_bufs, self._batch_lens, self._batch_uds
+        ids, pending, sockets = self._ids, self._pending, self._sockets
+        from_buffer = self._ffi.from_buffer
+        posted = k = 0
+        for o in ops:
+            sock, data = o.sock, o.data
+            try:
+                entry = sockets.get(sock.fileno())
+            except (AttributeError, OSError):
+                entry = None
+            st = entry.state if entry is not None and entry.sock is sock else None
+            if st is None or st.sending is not None or st.slot >= 0:
+                if self.send_async(sock, data, o.callback, o.context):
+                    posted += 1
+                continue
+            buf = data if type(data) is bytes else as_memoryview(data)
+            op_id = next(ids)
+            op = _new_operation(Operation)  # every slot set here, as in base._new_op
+            op.op_id = op_id
+            op.op_type = _SEND
+            op.entry = entry
+            op.sock = sock
+            op.fd = entry.fd
+            op.buf = buf
+            op.callback = o.callback
+            op.context = o.context
+            op.done = op.deadline = op.started_ns = 0
+            op.address = None
+            op.token = token = from_buffer(buf)
+            pending[op_id] = op
+            if entry.op1 is None:  # base._new_op's per-socket tracking
+                entry.op1 = op
+            elif entry.more is None:
+                entry.more = [op]
+            else:
+                entry.more.append(op)
+            st.sending = op
+            fds[k] = st.io_fd
+            bufs[k] = token
+            lens[k] = len(buf)
+            uds[k] = op_id
+            k += 1
+        if not k:
+            return posted
+        if self._measure_latency:  # the base's 1-in-N sample, counted per batch
+            tick = self._latency_tick + k
+            if tick >= _LATENCY_SAMPLE:
+                tick = 0
+                pending[uds[0]].started_ns = time.monotonic_ns()
+            self._latency_tick = tick
+        got = self._lib.fw_prep_send_batch(self._ring, fds, bufs, lens, uds, k)
+        for i in range(got, k):  # the SQ could not be submitted: these never reached the kernel
+            op = pending[uds[i]]
+            self._fail(op, errno.EBUSY)
+            self._next_send(op.entry.state)
+        return posted + k
+
+    def _grow_batch(self, n: int) -> None:
+        cap = max(n, 2 * self._batch_cap, 256)
+        new = self._ffi.new
+        self._batch_fds = new("int[]", cap)
+        self._batch_bufs = new("char *[]", cap)
+        self._batch_lens = new("unsigned[]", cap)
+        self._batch_uds = new("uint64_t[]", cap)
+        self._batch_cap = cap
+
     def _backend_send(self, op: Operation) -> None:
         st: _UringSocket = op.entry.state
         if st.sending is not None:
@@ -683,8 +774,11 @@ class IoUringProvider(QueuedProvider):
         pending = self._pending
         complete = self._complete
         pview, psize = self._pbuf_view, self._pbuf_ring_size
+        ready_append = self._ready.append
+        sent_ok = 0
         while True:
             if n < 0:
+                self._completed += sent_ok
                 raise OSError(-n, f"io_uring_enter: {os.strerror(-n)}")
             for ud, res, flags in struct.iter_unpack(_CQE_FORMAT, view[: n * _CQE_SIZE]):
                 op = pending.get(ud)
@@ -709,10 +803,22 @@ class IoUringProvider(QueuedProvider):
                         self._provided_cqe(op, res, flags)
                 elif t is _SEND:
                     done = op.done + res
-                    if done == len(op.buf):  # the common case: all written, inlined
+                    if done == len(op.buf):  # the common case: all written; _complete inlined
                         op.done = done
-                        complete(op, _SUCCESS, done, 0)
-                        st = op.entry.state
+                        del pending[ud]
+                        entry = op.entry
+                        if entry.op1 is op:  # base._complete's per-socket tracking
+                            entry.op1 = None
+                        else:
+                            entry.more.remove(op)
+                        sent_ok += 1
+                        if op.started_ns:
+                            self._latency_total_ns += time.monotonic_ns() - op.started_ns
+                            self._latency_count += 1
+                        ready_append(CompletionResult(_SUCCESS, done, 0, ud, op.context, _SEND))
+                        ready_append(op.callback)
+                        op.buf = op.callback = None
+                        st = entry.state
                         if st.sending is op:
                             if st.send_queue:
                                 self._next_send(st)
@@ -731,6 +837,7 @@ class IoUringProvider(QueuedProvider):
             if n < _CQE_BATCH:
                 break
             n = lib.fw_reap(ring, self._cqes, _CQE_BATCH)
+        self._completed += sent_ok
         if self._cancelling:
             for op_id in [i for i in self._cancelling if i not in pending]:
                 del self._cancelling[op_id]

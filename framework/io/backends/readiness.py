@@ -74,9 +74,10 @@ _CONNECT_PENDING = (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN)
 _ACCEPT_RETRY = (errno.ECONNABORTED, errno.EPROTO, errno.EINTR)
 
 
-class ReadinessSocket:
-    """Per-socket queues (stored in `SocketEntry.state`): FIFO, so operations on one socket
-    complete in the order they were posted. An empty deque costs ~760 bytes, which every idle
+class ReadinessSocket(SocketEntry):
+    """Per-socket queues: FIFO, so operations on one socket complete in the order they were
+    posted. It is the provider's SocketEntry itself (`state` points back at it while registered:
+    one object per connection instead of two). An empty deque costs ~760 bytes, which every idle
     connection would carry: the send and accept queues are created on first use, and the receive
     queue is a list (a socket rarely has more than one recv waiting)."""
 
@@ -88,11 +89,10 @@ class ReadinessSocket:
         "drained",
         "recvq",
         "sendq",
-        "sock",
     )
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, sock: socket.socket, context: Any, fd: int = -1) -> None:
+        super().__init__(sock, context, fd)
         self.drained = False  # the last read was short: wait for the next read edge
         # FIN or error reported, or not a byte stream: never trust a short read (always try first)
         self.always_try = sock.type != socket.SOCK_STREAM
@@ -110,6 +110,7 @@ class ReadinessProvider(QueuedProvider):
     """Completion-style provider on an edge-triggered readiness API; see the module docstring."""
 
     _SEND_BYTES_AS_IS = True  # send/sendmsg take bytes; a partial send's rest is a (rare) copy
+    _ENTRY_CLASS = ReadinessSocket
     READ_EVENTS: ClassVar[int] = 0  # event bits after which queued recvs/accepts are retried
     WRITE_EVENTS: ClassVar[int] = 0  # event bits after which connects/sends are retried
     SHORT_READ_DRAINS: ClassVar[bool] = False  # see the module docstring; True only where proven
@@ -180,7 +181,7 @@ class ReadinessProvider(QueuedProvider):
 
     def _backend_register(self, entry: SocketEntry) -> None:
         self._watch(entry.fd)
-        entry.state = ReadinessSocket(entry.sock)
+        entry.state = entry  # a ReadinessSocket (_ENTRY_CLASS); unregister breaks the cycle
 
     def _backend_unregister(self, entry: SocketEntry) -> None:
         st = entry.state
@@ -189,6 +190,7 @@ class ReadinessProvider(QueuedProvider):
             st.sendq = None
             st.acceptq = None
             st.connect_op = None
+            entry.state = None  # its operations were cancelled already (synchronously)
         self._unwatch(entry.fd)
 
     def _backend_cancel_all(self) -> None:
