@@ -83,6 +83,16 @@ def socketpairs(owned: list[socket.socket], n: int) -> list[tuple[socket.socket,
     return out
 
 
+def registered_listener(provider: IoUringProvider, owned: list[socket.socket], backlog: int) -> socket.socket:
+    """A loopback listener owned by the test and registered with `provider`."""
+    lst = socket.socket()
+    owned.append(lst)
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(backlog)
+    assert provider.register_socket(lst)
+    return lst
+
+
 # ------------------------------------------------------------------------------ scale and batching
 @needs_uring
 def test_ten_thousand_recvs_in_flight_all_complete(pairs):
@@ -324,11 +334,7 @@ def test_fixed_files_echo_and_release(uring, pairs):
 # ------------------------------------------------------------------------------ accept, timeouts
 @needs_uring
 def test_multishot_accept_queues_extra_connections(uring, pairs):
-    lst = socket.socket()
-    pairs.append(lst)
-    lst.bind(("127.0.0.1", 0))
-    lst.listen(64)
-    assert uring.register_socket(lst)
+    lst = registered_listener(uring, pairs, 64)
     first = Collector()
     assert uring.accept_async(lst, first) > 0
     clients = []
@@ -367,11 +373,7 @@ def test_timeouts_are_kernel_linked_timeouts(uring, pairs):
 def test_shutdown_with_operations_in_flight(pairs):
     p = make_uring()
     socks = socketpairs(pairs, 10)
-    lst = socket.socket()
-    pairs.append(lst)
-    lst.bind(("127.0.0.1", 0))
-    lst.listen(8)
-    assert p.register_socket(lst)
+    lst = registered_listener(p, pairs, 8)
     done = Collector()
     ids = [p.accept_async(lst, done)]
     for a, b in socks:

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from framework.io.sockets import open_listener
 from framework.legacy.core import IocpCore, IocpObject, IoType, OverlappedEx
 from framework.legacy.session import IocpObjectSession
 
@@ -80,15 +81,8 @@ class IocpObjectListener(IocpObject):
 
     def listen(self, core: IocpCore, address: tuple[str, int], backlog: int = 128) -> bool:
         """Bind, listen, associate with the core and post the accepts. Raises OSError on bind."""
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(backlog)
-        except OSError:
-            sock.close()
-            raise
+        # v6only=False: an IPv6 listener keeps the system's dual-stack default, as RAON's did.
+        sock = open_listener(address[0], address[1], backlog, v6only=False)
         self._sock = sock
         self.address = sock.getsockname()
         if not core.register_iocp_object(self):

@@ -25,7 +25,7 @@ import structlog
 
 from framework.io.errors import ErrorCode, ProviderError, describe
 from framework.io.provider import AsyncIOProvider, CompletionResult, Status
-from framework.session.buffers import BufferPool
+from framework.session.buffers import Buffer, BufferPool
 from framework.session.codec import HEARTBEAT_FRAME, FrameDecoder, ProtocolError, make_payload_decoder
 from framework.session.context import OpContext
 from framework.session.registry import SessionRegistry
@@ -157,7 +157,7 @@ class SessionHost:
         self._provided = False
         # Bound once: a pending receive holds its callback, and a bound method made per receive
         # would cost every idle connection 64 bytes (and an allocation per read).
-        self._recv_provided_cb = self._on_recv_provided
+        self._recv_provided_cb = self._on_recv
         s = settings.session
         self._write_high = s.write_high_water
         self._write_low = s.write_low_water
@@ -594,8 +594,20 @@ class SessionHost:
             except OSError:
                 pass
 
+    def _drop_stale(self, ctx: OpContext, buf: Buffer | None = None) -> None:
+        """A completion whose session is gone: resolve() counts and logs it; the detached receive
+        buffer goes back, and the socket once nothing else of it is in flight."""
+        self.registry.resolve(ctx)
+        if buf is not None:
+            self.pool.release(buf)
+        if ctx.pending <= 0 and ctx.closed:
+            self._release_ctx(ctx)
+
     # ------------------------------------------------------------------ completions
     def _on_recv(self, result: CompletionResult, ctx: OpContext) -> None:
+        """A receive completed, into the buffer on loan in `ctx.recv_buf` or, with provided buffers
+        (no buffer on loan), into provider-picked memory: `result.data` is valid only inside this
+        callback; the decoder copies nothing but an incomplete tail, and messages own their bytes."""
         ctx.pending -= 1
         buf = ctx.recv_buf
         ctx.recv_buf = None
@@ -604,11 +616,7 @@ class SessionHost:
         slot = ctx.slot
         session = registry._sessions[slot] if registry._generations[slot] == ctx.generation else None
         if session is None:
-            registry.resolve(ctx)
-            if buf is not None:
-                self.pool.release(buf)
-            if ctx.pending <= 0 and ctx.closed:
-                self._release_ctx(ctx)
+            self._drop_stale(ctx, buf)
             return
         n = result.bytes_transferred
         if n == 0 or result.status != _SUCCESS:
@@ -623,9 +631,10 @@ class SessionHost:
             return
         msgs: list[Any] = []
         try:
-            frames = session._decoder.feed(buf.view[:n], msgs)
+            frames = session._decoder.feed(result.data if buf is None else buf.view[:n], msgs)
         except ProtocolError as exc:
-            self.pool.release(buf)
+            if buf is not None:
+                self.pool.release(buf)
             self.protocol_errors += 1
             self._abort_session(session, f"protocol error: {exc}")
             return
@@ -633,6 +642,15 @@ class SessionHost:
             session._last_frame = self.now
             session.frames_in += frames
             self.frames_in += frames
+        if buf is None:  # provided buffers: nothing on loan, nothing to size
+            if self.provider.recv_async_provided(ctx.sock, self._recv_provided_cb, ctx):
+                ctx.pending += 1
+            else:
+                self._abort_session(session, "receive could not be posted")
+                return
+            if msgs:
+                self._deliver(session, msgs)
+            return
         # Size class of the next receive buffer (see _SMALL_RECV_BUFFER).
         pool = self.pool
         size = buf.size
@@ -662,46 +680,6 @@ class SessionHost:
                 pool.release(buf)
                 self._abort_session(session, "receive could not be posted")
                 return
-        if msgs:
-            self._deliver(session, msgs)
-
-    def _on_recv_provided(self, result: CompletionResult, ctx: OpContext) -> None:
-        """_on_recv for provider-picked memory: `result.data` is valid only inside this callback;
-        the decoder copies nothing but an incomplete tail, and decoded messages own their bytes."""
-        ctx.pending -= 1
-        registry = self.registry  # resolve(), inlined as in _on_recv
-        slot = ctx.slot
-        session = registry._sessions[slot] if registry._generations[slot] == ctx.generation else None
-        if session is None:
-            registry.resolve(ctx)
-            if ctx.pending <= 0 and ctx.closed:
-                self._release_ctx(ctx)
-            return
-        n = result.bytes_transferred
-        if n == 0 or result.status != _SUCCESS:
-            self._recv_ended(session, result)
-            return
-        session.bytes_in += n
-        self.bytes_in += n
-        if session._state != OPEN:
-            self._post_recv(ctx, None)  # closing: read and discard until EOF
-            return
-        msgs: list[Any] = []
-        try:
-            frames = session._decoder.feed(result.data, msgs)
-        except ProtocolError as exc:
-            self.protocol_errors += 1
-            self._abort_session(session, f"protocol error: {exc}")
-            return
-        if frames:
-            session._last_frame = self.now
-            session.frames_in += frames
-            self.frames_in += frames
-        if self.provider.recv_async_provided(ctx.sock, self._recv_provided_cb, ctx):
-            ctx.pending += 1
-        else:
-            self._abort_session(session, "receive could not be posted")
-            return
         if msgs:
             self._deliver(session, msgs)
 
@@ -755,9 +733,7 @@ class SessionHost:
         slot = ctx.slot
         session = registry._sessions[slot] if registry._generations[slot] == ctx.generation else None
         if session is None:
-            registry.resolve(ctx)
-            if ctx.pending <= 0 and ctx.closed:
-                self._release_ctx(ctx)
+            self._drop_stale(ctx)
             return
         sent = session._inflight
         session._inflight = 0

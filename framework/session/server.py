@@ -26,6 +26,7 @@ import structlog
 
 from framework.io.errors import ErrorCode, ProviderError, describe
 from framework.io.provider import AsyncIOProvider, CompletionResult, Status
+from framework.io.sockets import open_listener
 from framework.session.host import CLOSED, CONNECTING, SessionHost
 from framework.session.session import Session
 
@@ -92,7 +93,7 @@ class Server(SessionHost):
         reuse_port = cfg.reuse_port or cfg.workers > 1
         for host in cfg.hosts:
             try:
-                sock = self._bind(host, port, cfg.backlog, reuse_port)
+                sock = open_listener(host, port, cfg.backlog, reuse_port)
             except OSError as exc:
                 if ":" in host:  # a machine without IPv6 still serves IPv4
                     log.warning("cannot listen on host; skipped", host=host, port=port, error=str(exc))
@@ -122,25 +123,6 @@ class Server(SessionHost):
             pid=os.getpid(),
         )
         return list(self.addresses)
-
-    @staticmethod
-    def _bind(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
-        family, type_, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, type_, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port and hasattr(socket, "SO_REUSEPORT"):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(backlog)
-        except OSError:
-            sock.close()
-            raise
-        return sock
 
     def _close_listeners(self) -> None:
         provider = self.provider

@@ -17,21 +17,27 @@ import sys
 
 from cffi import FFI
 
-CDEF = r"""
+# The types Python reads, declared once for both cdef (which ends fw_ring with `...;`, the private
+# rest) and the C source (which continues the struct): the two can never disagree on the layout.
+_SHARED_TYPES = r"""
 typedef struct { uint64_t user_data; int32_t res; uint32_t flags; } fw_cqe;
 
 typedef struct {
     unsigned sq_entries;
     unsigned cq_entries;
     unsigned features;
-    int64_t inflight;
+    int64_t inflight;        /* requests whose final CQE has not been reaped (ops, timeouts, cancels) */
     uint64_t submits;
     uint64_t enters;
     uint64_t sq_full;
     uint64_t cqe_reaped;
     uint64_t sqes;
     uint64_t timeouts_fired;
-    ...;
+"""
+
+CDEF = (
+    _SHARED_TYPES
+    + r"""    ...;
 } fw_ring;
 
 #define FW_UD_TIMEOUT_TAG ...
@@ -88,8 +94,10 @@ int fw_submit(fw_ring *r);
 int fw_submit_wait_reap(fw_ring *r, int timeout_ms, fw_cqe *out, unsigned cap);
 int fw_reap(fw_ring *r, fw_cqe *out, unsigned cap);
 """
+)
 
-SOURCE = r"""
+SOURCE = (
+    r"""
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -111,20 +119,9 @@ SOURCE = r"""
 #define FW_HAVE_MULTISHOT_ACCEPT 0
 #endif
 
-typedef struct { uint64_t user_data; int32_t res; uint32_t flags; } fw_cqe;
-
-typedef struct {
-    unsigned sq_entries;
-    unsigned cq_entries;
-    unsigned features;
-    int64_t inflight;        /* requests whose final CQE has not been reaped (ops, timeouts, cancels) */
-    uint64_t submits;
-    uint64_t enters;
-    uint64_t sq_full;
-    uint64_t cqe_reaped;
-    uint64_t sqes;
-    uint64_t timeouts_fired;
-    uint64_t wake_buf;       /* target of the eventfd read that post() completes */
+"""
+    + _SHARED_TYPES
+    + r"""    uint64_t wake_buf;       /* target of the eventfd read that post() completes */
     struct __kernel_timespec *ts;  /* one per SQ slot: a link timeout's timespec lives until submit */
     struct io_uring_probe *probe;
     struct io_uring_buf_ring *br;  /* provided-buffer ring (NULL = none), shared with the kernel */
@@ -343,26 +340,31 @@ static int fw_prep_recv_select(fw_ring *r, int fd, int fixed_file, unsigned len,
     return 0;
 }
 
-static int fw_prep_write_fixed(fw_ring *r, int fd, int fixed_file, char *buf, size_t off, unsigned len,
-                               int buf_index, uint64_t ud, int64_t timeout_ns)
+/* `buf` is the registered buffer's base (one cffi handle per buffer, made at registration), so an
+   operation on a slice of it needs no per-operation handle: the slice is `off`. */
+static int fw_prep_rw_fixed(fw_ring *r, int write, int fd, int fixed_file, char *buf, size_t off,
+                            unsigned len, int buf_index, uint64_t ud, int64_t timeout_ns)
 {
     struct io_uring_sqe *sqe = fw_get(r, FW_NEED(timeout_ns));
     if (!sqe) return -EBUSY;
-    io_uring_prep_write_fixed(sqe, fd, buf + off, len, 0, buf_index);
+    if (write)
+        io_uring_prep_write_fixed(sqe, fd, buf + off, len, 0, buf_index);
+    else
+        io_uring_prep_read_fixed(sqe, fd, buf + off, len, 0, buf_index);
     fw_finish(r, sqe, fixed_file, ud, timeout_ns);
     return 0;
 }
 
-/* `buf` is the registered buffer's base (one cffi handle per buffer, made at registration), so a
-   receive into a slice of it needs no per-operation handle: the slice is `off`. */
+static int fw_prep_write_fixed(fw_ring *r, int fd, int fixed_file, char *buf, size_t off, unsigned len,
+                               int buf_index, uint64_t ud, int64_t timeout_ns)
+{
+    return fw_prep_rw_fixed(r, 1, fd, fixed_file, buf, off, len, buf_index, ud, timeout_ns);
+}
+
 static int fw_prep_read_fixed(fw_ring *r, int fd, int fixed_file, char *buf, size_t off, unsigned len,
                               int buf_index, uint64_t ud, int64_t timeout_ns)
 {
-    struct io_uring_sqe *sqe = fw_get(r, FW_NEED(timeout_ns));
-    if (!sqe) return -EBUSY;
-    io_uring_prep_read_fixed(sqe, fd, buf + off, len, 0, buf_index);
-    fw_finish(r, sqe, fixed_file, ud, timeout_ns);
-    return 0;
+    return fw_prep_rw_fixed(r, 0, fd, fixed_file, buf, off, len, buf_index, ud, timeout_ns);
 }
 
 static int fw_prep_accept(fw_ring *r, int fd, int fixed_file, int multishot, uint64_t ud)
@@ -478,6 +480,7 @@ static int fw_submit_wait_reap(fw_ring *r, int timeout_ms, fw_cqe *out, unsigned
     return fw_reap(r, out, cap);
 }
 """
+)
 
 MODULE = "framework.io.backends._uring"
 

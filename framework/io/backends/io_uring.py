@@ -70,7 +70,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -400,6 +400,14 @@ class IoUringProvider(QueuedProvider):
         if rc < 0 and rc not in (-errno.EINTR, -errno.EAGAIN, -errno.EBUSY):
             raise OSError(-rc, f"io_uring_submit: {os.strerror(-rc)}")
 
+    def _prep(self, prep: Callable[..., int], *args: Any) -> int:
+        """Call a fw_prep_* function; if the SQ is full, flush it and prepare once more."""
+        rc = prep(*args)
+        if rc == _SQ_FULL:
+            self._flush()
+            rc = prep(*args)
+        return rc
+
     def _backend_recv(self, op: Operation) -> None:
         if op.buf is None:
             self._prep_provided(op)
@@ -410,18 +418,12 @@ class IoUringProvider(QueuedProvider):
         lib = self._lib
         buf_index = op.address
         if buf_index is None:
-            rc = lib.fw_prep_recv(self._ring, st.io_fd, st.slot >= 0, op.token, len(op.buf), op.op_id, tmo)
-            if rc == -errno.EBUSY:
-                self._flush()
-                rc = lib.fw_prep_recv(
-                    self._ring, st.io_fd, st.slot >= 0, op.token, len(op.buf), op.op_id, tmo
-                )
+            rc = self._prep(
+                lib.fw_prep_recv, self._ring, st.io_fd, st.slot >= 0, op.token, len(op.buf), op.op_id, tmo
+            )
         else:
             args = (self._ring, st.io_fd, st.slot >= 0, op.token, 0, len(op.buf), buf_index, op.op_id, tmo)
-            rc = lib.fw_prep_read_fixed(*args)
-            if rc == -errno.EBUSY:
-                self._flush()
-                rc = lib.fw_prep_read_fixed(*args)
+            rc = self._prep(lib.fw_prep_read_fixed, *args)
         if rc < 0:
             self._fail(op, -rc)
 
@@ -429,12 +431,10 @@ class IoUringProvider(QueuedProvider):
         """Submit a buffer-select recv (the kernel picks a ring buffer when data arrives)."""
         st: _UringSocket = op.entry.state
         tmo = max(0, op.deadline - time.monotonic_ns()) if op.deadline else -1
-        lib = self._lib
         size = self._pbuf_ring_size
-        rc = lib.fw_prep_recv_select(self._ring, st.io_fd, st.slot >= 0, size, op.op_id, tmo)
-        if rc == _SQ_FULL:
-            self._flush()
-            rc = lib.fw_prep_recv_select(self._ring, st.io_fd, st.slot >= 0, size, op.op_id, tmo)
+        rc = self._prep(
+            self._lib.fw_prep_recv_select, self._ring, st.io_fd, st.slot >= 0, size, op.op_id, tmo
+        )
         if rc < 0:
             self._fail(op, -rc)
 
@@ -621,14 +621,8 @@ class IoUringProvider(QueuedProvider):
         remaining = len(op.buf) - op.done
         buf_index = op.address
         if buf_index is None:
-            rc = lib.fw_prep_send(
-                self._ring, st.io_fd, st.slot >= 0, op.token, op.done, remaining, op.op_id, tmo
-            )
-            if rc == _SQ_FULL:
-                self._flush()
-                rc = lib.fw_prep_send(
-                    self._ring, st.io_fd, st.slot >= 0, op.token, op.done, remaining, op.op_id, tmo
-                )
+            args = (self._ring, st.io_fd, st.slot >= 0, op.token, op.done, remaining, op.op_id, tmo)
+            rc = self._prep(lib.fw_prep_send, *args)
         else:
             args = (
                 self._ring,
@@ -641,10 +635,7 @@ class IoUringProvider(QueuedProvider):
                 op.op_id,
                 tmo,
             )
-            rc = lib.fw_prep_write_fixed(*args)
-            if rc == -errno.EBUSY:
-                self._flush()
-                rc = lib.fw_prep_write_fixed(*args)
+            rc = self._prep(lib.fw_prep_write_fixed, *args)
         if rc < 0:
             self._fail(op, -rc)
             self._next_send(st)
@@ -667,10 +658,7 @@ class IoUringProvider(QueuedProvider):
     def _backend_accept(self, op: Operation) -> None:
         st: _UringSocket = op.entry.state
         if not self._multishot:
-            rc = self._lib.fw_prep_accept(self._ring, st.io_fd, st.slot >= 0, 0, op.op_id)
-            if rc == -errno.EBUSY:
-                self._flush()
-                rc = self._lib.fw_prep_accept(self._ring, st.io_fd, st.slot >= 0, 0, op.op_id)
+            rc = self._prep(self._lib.fw_prep_accept, self._ring, st.io_fd, st.slot >= 0, 0, op.op_id)
             if rc < 0:
                 self._fail(op, -rc)
             return
@@ -687,10 +675,7 @@ class IoUringProvider(QueuedProvider):
     def _arm_multishot(self, entry: SocketEntry) -> None:
         st: _UringSocket = entry.state
         ud = self._lib.FW_UD_ACCEPT_TAG | next(self._ids)
-        rc = self._lib.fw_prep_accept(self._ring, st.io_fd, st.slot >= 0, 1, ud)
-        if rc == -errno.EBUSY:
-            self._flush()
-            rc = self._lib.fw_prep_accept(self._ring, st.io_fd, st.slot >= 0, 1, ud)
+        rc = self._prep(self._lib.fw_prep_accept, self._ring, st.io_fd, st.slot >= 0, 1, ud)
         if rc < 0:
             while st.accept_waiters:
                 self._fail(st.accept_waiters.popleft(), -rc)
@@ -723,18 +708,12 @@ class IoUringProvider(QueuedProvider):
         op.token = self._ffi.from_buffer(addr)  # keeps `addr` alive until the CQE
         tmo = max(0, op.deadline - time.monotonic_ns()) if op.deadline else -1
         args = (self._ring, st.io_fd, st.slot >= 0, op.token, len(addr), op.op_id, tmo)
-        rc = self._lib.fw_prep_connect(*args)
-        if rc == -errno.EBUSY:
-            self._flush()
-            rc = self._lib.fw_prep_connect(*args)
+        rc = self._prep(self._lib.fw_prep_connect, *args)
         if rc < 0:
             self._fail(op, -rc)
 
     def _prep_cancel(self, target_ud: int) -> None:
-        lib = self._lib
-        if lib.fw_prep_cancel(self._ring, target_ud, 0) == -errno.EBUSY:
-            self._flush()
-            lib.fw_prep_cancel(self._ring, target_ud, 0)
+        self._prep(self._lib.fw_prep_cancel, self._ring, target_ud, 0)
 
     def _backend_cancel(self, op: Operation, status: Status, error_code: int) -> None:
         op_id = op.op_id
@@ -917,10 +896,7 @@ class IoUringProvider(QueuedProvider):
     def _arm_wake(self) -> None:
         if self._wake_armed or self._wakefd < 0:
             return
-        rc = self._lib.fw_prep_wake_read(self._ring, self._wakefd)
-        if rc == -errno.EBUSY:
-            self._flush()
-            rc = self._lib.fw_prep_wake_read(self._ring, self._wakefd)
+        rc = self._prep(self._lib.fw_prep_wake_read, self._ring, self._wakefd)
         self._wake_armed = rc == 0
 
     def _backend_wakeup(self) -> None:
@@ -979,15 +955,8 @@ class IoUringProvider(QueuedProvider):
         op.address = slot
         op.token = base
         st: _UringSocket = entry.state
-        lib = self._lib
-        rc = lib.fw_prep_read_fixed(
-            self._ring, st.io_fd, st.slot >= 0, base, offset, max_length, slot, op.op_id, -1
-        )
-        if rc == _SQ_FULL:
-            self._flush()
-            rc = lib.fw_prep_read_fixed(
-                self._ring, st.io_fd, st.slot >= 0, base, offset, max_length, slot, op.op_id, -1
-            )
+        args = (self._ring, st.io_fd, st.slot >= 0, base, offset, max_length, slot, op.op_id, -1)
+        rc = self._prep(self._lib.fw_prep_read_fixed, *args)
         if rc < 0:
             self._fail(op, -rc)
         return op.op_id
