@@ -383,14 +383,12 @@ def test_failed_changes_are_skipped_or_applied_one_by_one_mocked_macos_kernel(
         p.shutdown()
 
 
-def test_loopback_traffic_on_an_edge_triggered_stand_in_mocked_macos_kernel(
-    epoll_kernel, kq_provider, make_listener, sockets
-):
-    p = kq_provider
-    lst = make_listener()
+def _accept_and_connect(
+    p: AsyncIOProvider, lst: socket.socket, client: socket.socket, sockets: list[socket.socket]
+) -> tuple[socket.socket, Any]:
+    """Register `lst` and `client`, post an accept and a connect, and return the accepted
+    (socket, address) once both completed; the accepted socket is closed after the test."""
     assert p.register_socket(lst)
-    client = socket.socket()
-    sockets.append(client)
     assert p.register_socket(client)
     done = Collector()
     accept_id = p.accept_async(lst, done)
@@ -399,6 +397,17 @@ def test_loopback_traffic_on_an_edge_triggered_stand_in_mocked_macos_kernel(
     assert done.by_id(connect_id).status == Status.SUCCESS
     conn, addr = done.by_id(accept_id).accepted
     sockets.append(conn)
+    return conn, addr
+
+
+def test_loopback_traffic_on_an_edge_triggered_stand_in_mocked_macos_kernel(
+    epoll_kernel, kq_provider, make_listener, sockets
+):
+    p = kq_provider
+    lst = make_listener()
+    client = socket.socket()
+    sockets.append(client)
+    conn, addr = _accept_and_connect(p, lst, client, sockets)
     assert addr == client.getsockname() and conn.getblocking() is False
     assert p.register_socket(conn)
     # 1 MiB one way: partial writes and edges must all be honoured.
@@ -471,17 +480,9 @@ def _rio_pair(p: RioProvider, sockets: list[socket.socket]) -> tuple[socket.sock
     sockets.append(lst)
     lst.bind(("127.0.0.1", 0))
     lst.listen(8)
-    assert p.register_socket(lst)
     client = p.create_socket()
     sockets.append(client)
-    assert p.register_socket(client)
-    done = Collector()
-    accept_id = p.accept_async(lst, done)
-    connect_id = p.connect_async(client, lst.getsockname(), done, timeout_ms=int(WAIT_S * 1000))
-    pump(p, lambda: len(done) == 2)
-    assert done.by_id(connect_id).status == Status.SUCCESS
-    server, _addr = done.by_id(accept_id).accepted
-    sockets.append(server)
+    server, _addr = _accept_and_connect(p, lst, client, sockets)
     assert p.register_socket(server)
     return client, server
 
