@@ -286,101 +286,87 @@ ADD_CLEAR = KQ_EV_ADD | KQ_EV_CLEAR
 
 
 def test_registrations_ride_on_the_next_wait_in_one_control_call_mocked_macos_kernel(
-    recording_kernel, sockets
+    recording_kernel, kq_provider, sockets
 ):
-    kq = recording_kernel
-    p = KqueueProvider()
-    assert p.initialize(16, 32)
-    try:
-        a, b = _pair(sockets)
-        c, d = _pair(sockets)
-        for s in (a, b, c):
-            assert p.register_socket(s)
-        assert kq.calls == []  # registering cost no system call
-        results: list[CompletionResult] = []
-        assert p.process_completions(0, 8, results) == 0
-        [(changes, max_events, timeout)] = kq.calls
-        assert (max_events, timeout) == (32, 0)
-        wake = changes[0]
-        assert wake[1:] == (KQ_FILTER_READ, ADD_CLEAR) and wake[0] not in {a.fileno(), b.fileno(), c.fileno()}
-        assert changes[1:] == [
-            (s.fileno(), f, ADD_CLEAR) for s in (a, b, c) for f in (KQ_FILTER_READ, KQ_FILTER_WRITE)
-        ]
-        p.process_completions(0, 8, results)
-        assert kq.calls[-1][0] is None  # nothing new: a plain wait
-        assert p.unregister_socket(c)
-        assert p.register_socket(d) and p.unregister_socket(d)  # never reached the kernel
-        p.process_completions(0, 8, results)
-        assert kq.calls[-1][0] == [
-            (c.fileno(), KQ_FILTER_READ, KQ_EV_DELETE),
-            (c.fileno(), KQ_FILTER_WRITE, KQ_EV_DELETE),
-        ]
-        stats = p.get_statistics().backend_specific
-        assert stats["control_calls"] == len(kq.calls) and stats["changes_submitted"] == 9
-    finally:
-        p.shutdown()
+    kq, p = recording_kernel, kq_provider
+    a, b = _pair(sockets)
+    c, d = _pair(sockets)
+    for s in (a, b, c):
+        assert p.register_socket(s)
+    assert kq.calls == []  # registering cost no system call
+    results: list[CompletionResult] = []
+    assert p.process_completions(0, 8, results) == 0
+    [(changes, max_events, timeout)] = kq.calls
+    assert (max_events, timeout) == (32, 0)
+    wake = changes[0]
+    assert wake[1:] == (KQ_FILTER_READ, ADD_CLEAR) and wake[0] not in {a.fileno(), b.fileno(), c.fileno()}
+    assert changes[1:] == [
+        (s.fileno(), f, ADD_CLEAR) for s in (a, b, c) for f in (KQ_FILTER_READ, KQ_FILTER_WRITE)
+    ]
+    p.process_completions(0, 8, results)
+    assert kq.calls[-1][0] is None  # nothing new: a plain wait
+    assert p.unregister_socket(c)
+    assert p.register_socket(d) and p.unregister_socket(d)  # never reached the kernel
+    p.process_completions(0, 8, results)
+    assert kq.calls[-1][0] == [
+        (c.fileno(), KQ_FILTER_READ, KQ_EV_DELETE),
+        (c.fileno(), KQ_FILTER_WRITE, KQ_EV_DELETE),
+    ]
+    stats = p.get_statistics().backend_specific
+    assert stats["control_calls"] == len(kq.calls) and stats["changes_submitted"] == 9
+    p.shutdown()
     assert kq.closed
 
 
 def test_events_drive_operations_and_blocking_waits_pass_none_mocked_macos_kernel(
-    recording_kernel, sockets, collector
+    recording_kernel, kq_provider, sockets, collector
 ):
-    kq = recording_kernel
-    p = KqueueProvider()
-    assert p.initialize(16, 32)
-    try:
-        a, b = _pair(sockets)
-        assert p.register_socket(a)
-        buf = bytearray(16)
-        op_id = p.recv_async(a, buf, collector)  # nothing there yet: waits for an event
-        assert len(collector) == 0
-        b.sendall(b"kevent")
-        kq.script.append([FakeKevent(a.fileno(), KQ_FILTER_READ, 0, data=6)])
-        results: list[CompletionResult] = []
-        assert p.process_completions(-1, 8, results) == 1
-        assert kq.calls[-1][2] is None  # -1 blocks: no timeout
-        assert results[0].operation_id == op_id and bytes(buf[: results[0].bytes_transferred]) == b"kevent"
-        # A timeout reaches the kernel in seconds.
-        assert p.process_completions(120, 8, results) == 0
-        assert all(0 <= call[2] <= 0.12 for call in kq.calls[1:])
-    finally:
-        p.shutdown()
+    kq, p = recording_kernel, kq_provider
+    a, b = _pair(sockets)
+    assert p.register_socket(a)
+    buf = bytearray(16)
+    op_id = p.recv_async(a, buf, collector)  # nothing there yet: waits for an event
+    assert len(collector) == 0
+    b.sendall(b"kevent")
+    kq.script.append([FakeKevent(a.fileno(), KQ_FILTER_READ, 0, data=6)])
+    results: list[CompletionResult] = []
+    assert p.process_completions(-1, 8, results) == 1
+    assert kq.calls[-1][2] is None  # -1 blocks: no timeout
+    assert results[0].operation_id == op_id and bytes(buf[: results[0].bytes_transferred]) == b"kevent"
+    # A timeout reaches the kernel in seconds.
+    assert p.process_completions(120, 8, results) == 0
+    assert all(0 <= call[2] <= 0.12 for call in kq.calls[1:])
 
 
 def test_failed_changes_are_skipped_or_applied_one_by_one_mocked_macos_kernel(
-    recording_kernel, sockets, collector
+    recording_kernel, kq_provider, sockets, collector
 ):
-    kq = recording_kernel
-    p = KqueueProvider()
-    assert p.initialize(16, 32)
-    try:
-        a, b = _pair(sockets)
-        assert p.register_socket(a)
-        p.recv_async(a, bytearray(4), collector)  # waits for an event
-        b.sendall(b"data")  # readable now, but the kernel stand-in reports only an error
-        # A change error comes back as an EV_ERROR event: it is no readiness and is skipped.
-        kq.script.append([FakeKevent(a.fileno(), KQ_FILTER_READ, KQ_EV_ERROR, data=errno.EBADF)])
-        results: list[CompletionResult] = []
-        assert p.process_completions(0, 8, results) == 0
-        assert p.get_statistics().pending_operations == 1
-        # Too many failed changes to report: the call fails, changes go one by one, then the wait.
-        c, _d = _pair(sockets)
-        assert p.register_socket(c)
-        kq.script.append(OSError(errno.EBADF, "bad change"))
-        calls_before = len(kq.calls)
-        assert p.process_completions(0, 8, results) == 0
-        retry = kq.calls[calls_before:]
-        assert retry[0][0] == [
-            (c.fileno(), KQ_FILTER_READ, ADD_CLEAR),
-            (c.fileno(), KQ_FILTER_WRITE, ADD_CLEAR),
-        ]
-        assert [(call[0], call[1]) for call in retry[1:3]] == [
-            ([(c.fileno(), KQ_FILTER_READ, ADD_CLEAR)], 0),
-            ([(c.fileno(), KQ_FILTER_WRITE, ADD_CLEAR)], 0),
-        ]
-        assert retry[3][0] is None and retry[3][1] == 32
-    finally:
-        p.shutdown()
+    kq, p = recording_kernel, kq_provider
+    a, b = _pair(sockets)
+    assert p.register_socket(a)
+    p.recv_async(a, bytearray(4), collector)  # waits for an event
+    b.sendall(b"data")  # readable now, but the kernel stand-in reports only an error
+    # A change error comes back as an EV_ERROR event: it is no readiness and is skipped.
+    kq.script.append([FakeKevent(a.fileno(), KQ_FILTER_READ, KQ_EV_ERROR, data=errno.EBADF)])
+    results: list[CompletionResult] = []
+    assert p.process_completions(0, 8, results) == 0
+    assert p.get_statistics().pending_operations == 1
+    # Too many failed changes to report: the call fails, changes go one by one, then the wait.
+    c, _d = _pair(sockets)
+    assert p.register_socket(c)
+    kq.script.append(OSError(errno.EBADF, "bad change"))
+    calls_before = len(kq.calls)
+    assert p.process_completions(0, 8, results) == 0
+    retry = kq.calls[calls_before:]
+    assert retry[0][0] == [
+        (c.fileno(), KQ_FILTER_READ, ADD_CLEAR),
+        (c.fileno(), KQ_FILTER_WRITE, ADD_CLEAR),
+    ]
+    assert [(call[0], call[1]) for call in retry[1:3]] == [
+        ([(c.fileno(), KQ_FILTER_READ, ADD_CLEAR)], 0),
+        ([(c.fileno(), KQ_FILTER_WRITE, ADD_CLEAR)], 0),
+    ]
+    assert retry[3][0] is None and retry[3][1] == 32
 
 
 def _accept_and_connect(

@@ -185,8 +185,8 @@ class Server(SessionHost):
                 retry_in_s=listener.backoff,
             )
             self._retry_accepts(listener, listener.backoff)
-            # The other posted accepts would wait for a readiness edge that this failure consumed
-            # (epoll): withdraw them; the retry posts fresh ones, which try accept() at once.
+            # Withdraw the other posted accepts so nothing accepts during the back-off (each would
+            # fail the same way); the retry posts fresh ones, which try accept() at once.
             for op_id in list(listener.ops):
                 self.provider.cancel(op_id)
         else:
