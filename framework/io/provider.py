@@ -25,6 +25,23 @@ call). Copy what must outlive that (`bytes(result.data[i:j])`); never keep the m
 cancelled and timed-out provided receives carry `data is None`. Every backend offers the method;
 "ProvidedBuffers" is True only where no memory is held while the receive waits (the kernel or the
 readiness loop picks it when data arrives), so an idle connection costs no receive buffer.
+
+Streams (feature "Streams"; an extension beyond the seed for the per-frame hot path): a stream is a
+registered socket's receive that stays armed plus an ordered send queue owned by the provider.
+There is no operation, no `CompletionResult` and no callback per send or per receive:
+- `set_stream_handlers(on_data, on_event)` once; then `stream_open(sock, context)` -> stream id.
+- `on_data(context, data)` for every arrival, in order; `data` is provider memory valid only until
+  the handler returns (as `result.data` above).
+- `stream_send(id, data)` copies `data` into the stream's queue and returns the bytes not yet
+  written (this call's included), or -errno when the stream can no longer send. Sends go out in
+  call order; a short write is finished by the provider.
+- `on_event(context, kind, error_code)`: STREAM_EOF (the peer closed; receiving ended),
+  STREAM_ERROR (receiving or sending failed; `error_code` as in `CompletionResult`), or
+  STREAM_DRAINED, once per `stream_watch(id, low_water)` that returned False, when the unsent
+  bytes fell to `low_water`.
+- `stream_close(id)`: no handler runs for the stream again; queued bytes are dropped and what the
+  kernel holds is cancelled. Then unregister and close the socket as usual.
+Handlers run inside `process_completions` (whose return value counts only `results`).
 """
 
 from __future__ import annotations
@@ -105,6 +122,11 @@ class CompletionResult:
 
 
 CompletionCallback = Callable[[CompletionResult, Any], None]
+
+# stream event kinds (`on_event`'s second argument)
+STREAM_EOF = 1
+STREAM_ERROR = 2
+STREAM_DRAINED = 3
 
 
 @dataclass(slots=True)
@@ -230,6 +252,29 @@ class AsyncIOProvider(ABC):
 
     @abstractmethod
     def get_statistics(self) -> ProviderStatistics: ...
+
+    # ---- streams (feature "Streams"; see the module docstring) ----
+    def set_stream_handlers(
+        self, on_data: Callable[[Any, memoryview], Any], on_event: Callable[[Any, int, int], Any]
+    ) -> None:
+        raise NotImplementedError(f"{self.name} has no streams (check supports_feature('Streams'))")
+
+    def stream_open(self, sock: socket.socket, context: Any = None) -> int:
+        raise NotImplementedError(f"{self.name} has no streams (check supports_feature('Streams'))")
+
+    def stream_send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
+        raise NotImplementedError(f"{self.name} has no streams (check supports_feature('Streams'))")
+
+    def stream_queued(self, stream_id: int) -> int:
+        raise NotImplementedError(f"{self.name} has no streams (check supports_feature('Streams'))")
+
+    def stream_watch(self, stream_id: int, low_water: int) -> bool:
+        """True: the unsent bytes are already <= low_water (no event follows); False: one
+        STREAM_DRAINED event will come."""
+        raise NotImplementedError(f"{self.name} has no streams (check supports_feature('Streams'))")
+
+    def stream_close(self, stream_id: int) -> None:
+        raise NotImplementedError(f"{self.name} has no streams (check supports_feature('Streams'))")
 
     # ---- buffer registration (kernel-registered where the backend can) ----
     @abstractmethod

@@ -21,6 +21,9 @@ from cffi import FFI
 # rest) and the C source (which continues the struct): the two can never disagree on the layout.
 _SHARED_TYPES = r"""
 typedef struct { uint64_t user_data; int32_t res; uint32_t flags; } fw_cqe;
+/* A stream event for Python: DATA (res bytes at offset `off` of the provided-buffer memory),
+   EOF, ERROR (res = -errno) or DRAINED, for stream `sid`. */
+typedef struct { uint64_t sid; int32_t res; uint32_t off; uint32_t kind; uint32_t pad; } fw_sev;
 
 typedef struct {
     unsigned sq_entries;
@@ -33,6 +36,12 @@ typedef struct {
     uint64_t cqe_reaped;
     uint64_t sqes;
     uint64_t timeouts_fired;
+    unsigned nsev;           /* stream events in `sev` after the last fw_reap */
+    unsigned more;           /* the last fw_reap stopped because an output array was full */
+    unsigned streams_open;
+    uint64_t stream_rearms;  /* multishot receives armed again (ENOBUFS, kernel-ended) */
+    uint64_t stream_enobufs;
+    uint64_t stream_short_sends;
 """
 
 CDEF = (
@@ -44,6 +53,12 @@ CDEF = (
 #define FW_UD_ACCEPT_TAG ...
 #define FW_UD_CANCEL ...
 #define FW_UD_WAKE ...
+#define FW_UD_STREAM_TAG ...
+#define FW_SEV_DATA ...
+#define FW_SEV_EOF ...
+#define FW_SEV_ERROR ...
+#define FW_SEV_DRAINED ...
+#define FW_HAVE_RECV_MULTISHOT ...
 #define FW_HAVE_MULTISHOT_ACCEPT ...
 #define FW_BGID ...
 #define IORING_CQE_F_BUFFER ...
@@ -90,6 +105,14 @@ int fw_prep_connect(fw_ring *r, int fd, int fixed_file, char *addr, unsigned add
 int fw_prep_cancel(fw_ring *r, uint64_t target_ud, int any);
 int fw_prep_wake_read(fw_ring *r, int efd);
 
+int fw_streams_init(fw_ring *r, unsigned n, fw_sev *sev, unsigned sev_cap);
+int64_t fw_stream_open(fw_ring *r, int fd);
+int64_t fw_stream_send(fw_ring *r, uint64_t sid, const char *data, size_t len);
+int64_t fw_stream_queued(fw_ring *r, uint64_t sid);
+int fw_stream_watch(fw_ring *r, uint64_t sid, uint32_t low);
+int fw_stream_close(fw_ring *r, uint64_t sid);
+unsigned fw_streams_close_all(fw_ring *r);
+
 int fw_submit(fw_ring *r);
 int fw_submit_wait_reap(fw_ring *r, int timeout_ms, fw_cqe *out, unsigned cap);
 int fw_reap(fw_ring *r, fw_cqe *out, unsigned cap);
@@ -111,6 +134,20 @@ SOURCE = (
 #define FW_UD_ACCEPT_TAG  (1ULL << 61)   /* multishot accept of one listener */
 #define FW_UD_CANCEL      ((1ULL << 63) | 1ULL)
 #define FW_UD_WAKE        ((1ULL << 63) | 2ULL)
+/* A stream's request: tag | send bit | generation << 24 | slot. A stream id is gen << 24 | slot. */
+#define FW_UD_STREAM_TAG  (1ULL << 60)
+#define FW_UD_STREAM_SEND (1ULL << 59)
+#define FW_SID_MASK       ((1ULL << 56) - 1)
+#define FW_SEV_DATA 0
+#define FW_SEV_EOF 1
+#define FW_SEV_ERROR 2
+#define FW_SEV_DRAINED 3
+#define FW_WATCH_OFF 0xFFFFFFFFu
+#if defined(IORING_RECV_MULTISHOT)
+#define FW_HAVE_RECV_MULTISHOT 1
+#else
+#define FW_HAVE_RECV_MULTISHOT 0
+#endif
 #define FW_BGID 1                        /* the one provided-buffer group (a buffer ring) */
 
 #if defined(IORING_ACCEPT_MULTISHOT)
@@ -128,8 +165,40 @@ SOURCE = (
     unsigned br_entries;
     char *pbuf_base;               /* br_entries buffers of pbuf_size bytes, owned by Python */
     unsigned pbuf_size;
+    struct fw_stream *streams;     /* stream table, indexed by slot */
+    unsigned nstreams;
+    int *free_slots;               /* stack of free slots */
+    unsigned nfree;
+    int *freed_later;              /* slots freed during this reap: reusable from the next one */
+    unsigned nfreed_later;
+    int *starved;                  /* streams whose receive ended on -ENOBUFS, armed again next reap */
+    unsigned nstarved;
+    uint16_t *lent;                /* ring buffers delivered in the last reap, recycled at the next */
+    unsigned nlent;
+    fw_sev *sev;                   /* stream events of the last reap (Python's array) */
+    unsigned sev_cap;
     struct io_uring ring;
 } fw_ring;
+
+enum { FW_S_FREE = 0, FW_S_OPEN = 1, FW_S_CLOSED = 2 };
+
+/* One connection's stream: a multishot receive kept armed, and an ordered send queue in C memory
+   (Python's bytes are copied in, so nothing of Python has to stay pinned while the kernel sends). */
+struct fw_stream {
+    int fd;
+    uint32_t gen;
+    uint8_t state;
+    uint8_t recv_armed;   /* the multishot receive is in the kernel */
+    uint8_t send_busy;    /* a send SQE is in the kernel */
+    uint8_t starved;      /* on the starved list */
+    uint8_t recv_ended;   /* EOF or error: never armed again */
+    uint8_t dead;         /* a send failed: later sends are refused */
+    uint32_t watch;       /* DRAINED when unsent bytes <= watch; FW_WATCH_OFF: none wanted */
+    char *sbuf;           /* the send in flight: sbuf[soff:slen] not yet confirmed */
+    uint32_t soff, slen, scap;
+    char *qbuf;           /* bytes queued behind it */
+    uint32_t qlen, qcap;
+};
 
 static fw_ring *fw_ring_new(unsigned entries, unsigned cq_entries, int *err)
 {
@@ -168,6 +237,15 @@ static void fw_ring_free(fw_ring *r)
     }
     io_uring_queue_exit(&r->ring);
     if (r->probe) io_uring_free_probe(r->probe);
+    for (unsigned i = 0; i < r->nstreams; i++) {
+        free(r->streams[i].sbuf);
+        free(r->streams[i].qbuf);
+    }
+    free(r->streams);
+    free(r->free_slots);
+    free(r->freed_later);
+    free(r->starved);
+    free(r->lent);
     free(r->ts);
     free(r);
 }
@@ -409,6 +487,332 @@ static int fw_prep_wake_read(fw_ring *r, int efd)
     return 0;
 }
 
+
+/* ------------------------------------------------------------------ streams
+   A stream keeps one multishot receive (IORING_RECV_MULTISHOT + buffer select) armed per socket:
+   one SQE serves every arrival until EOF, an error or an empty buffer ring (-ENOBUFS ends it; the
+   stream is armed again at the next reap). Sends are copied into a per-stream C buffer and issued
+   one at a time in order; their CQEs are handled here (short sends resubmitted, the queue moved
+   up), so Python sees no per-send completion at all, only errors and the DRAINED it asked for. */
+
+static int fw_streams_init(fw_ring *r, unsigned n, fw_sev *sev, unsigned sev_cap)
+{
+    r->streams = calloc(n, sizeof(*r->streams));
+    r->free_slots = malloc(n * sizeof(int));
+    r->freed_later = malloc(n * sizeof(int));
+    r->starved = malloc(n * sizeof(int));
+    r->lent = malloc(sev_cap * sizeof(uint16_t));
+    if (!r->streams || !r->free_slots || !r->freed_later || !r->starved || !r->lent) return -ENOMEM;
+    r->nstreams = n;
+    for (unsigned i = 0; i < n; i++) {
+        r->free_slots[i] = (int)(n - 1 - i);   /* slot 0 first */
+        r->streams[i].gen = 1;                 /* a stream id is never 0 ("nothing opened") */
+    }
+    r->nfree = n;
+    r->sev = sev;
+    r->sev_cap = sev_cap;
+    return 0;
+}
+
+static inline uint64_t fw_sid(fw_ring *r, struct fw_stream *s)
+{
+    return ((uint64_t)s->gen << 24) | (uint64_t)(s - r->streams);
+}
+
+/* The stream of `sid` while it is open (a stale id, from a closed stream, finds NULL). */
+static inline struct fw_stream *fw_stream_of(fw_ring *r, uint64_t sid)
+{
+    uint32_t slot = (uint32_t)(sid & 0xFFFFFF);
+    if (slot >= r->nstreams) return NULL;
+    struct fw_stream *s = &r->streams[slot];
+    if (s->state != FW_S_OPEN || s->gen != (uint32_t)(sid >> 24)) return NULL;
+    return s;
+}
+
+/* An SQE for an internal request, submitting the queued ones first if the SQ is full. */
+static struct io_uring_sqe *fw_get_or_submit(fw_ring *r)
+{
+    struct io_uring_sqe *sqe = fw_get(r, 1);
+    if (sqe) return sqe;
+    r->enters++;
+    r->submits++;
+    io_uring_submit(&r->ring);
+    return fw_get(r, 1);
+}
+
+static int fw_stream_arm(fw_ring *r, struct fw_stream *s)
+{
+#if FW_HAVE_RECV_MULTISHOT
+    struct io_uring_sqe *sqe = fw_get_or_submit(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_recv_multishot(sqe, s->fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = FW_BGID;
+    fw_finish(r, sqe, 0, FW_UD_STREAM_TAG | fw_sid(r, s), -1);
+    s->recv_armed = 1;
+    return 0;
+#else
+    return -EOPNOTSUPP;
+#endif
+}
+
+static int fw_stream_submit_send(fw_ring *r, struct fw_stream *s)
+{
+    struct io_uring_sqe *sqe = fw_get_or_submit(r);
+    if (!sqe) return -EBUSY;
+    /* MSG_WAITALL: the kernel (5.19+) finishes a short send itself; what still comes back short
+       is resubmitted from the CQE handler. */
+    io_uring_prep_send(sqe, s->fd, s->sbuf + s->soff, s->slen - s->soff, MSG_NOSIGNAL | MSG_WAITALL);
+    fw_finish(r, sqe, 0, FW_UD_STREAM_TAG | FW_UD_STREAM_SEND | fw_sid(r, s), -1);
+    s->send_busy = 1;
+    return 0;
+}
+
+static int fw_reserve(char **buf, uint32_t *cap, size_t need)
+{
+    if (need > 0xFFFFFFF0u) return -EMSGSIZE;
+    if (need <= *cap) return 0;
+    size_t c = *cap ? *cap : 256;
+    while (c < need) c *= 2;
+    if (c > 0xFFFFFFF0u) c = need;
+    char *p = realloc(*buf, c);
+    if (!p) return -ENOMEM;
+    *buf = p;
+    *cap = (uint32_t)c;
+    return 0;
+}
+
+static void fw_stream_drop_buffers(struct fw_stream *s)
+{
+    free(s->sbuf);
+    free(s->qbuf);
+    s->sbuf = s->qbuf = NULL;
+    s->soff = s->slen = s->scap = s->qlen = s->qcap = 0;
+}
+
+/* A closed stream whose requests are all back: its slot is reusable from the next reap on (an
+   event of the old stream still in this reap's array must not reach a new occupant). */
+static void fw_stream_maybe_free(fw_ring *r, struct fw_stream *s)
+{
+    if (s->state != FW_S_CLOSED || s->recv_armed || s->send_busy || s->starved) return;
+    fw_stream_drop_buffers(s);
+    s->state = FW_S_FREE;
+    s->gen = s->gen == 0xFFFFFFFFu ? 1 : s->gen + 1;
+    r->freed_later[r->nfreed_later++] = (int)(s - r->streams);
+}
+
+static int64_t fw_stream_open(fw_ring *r, int fd)
+{
+    if (!r->nfree) return -ENOSPC;
+    struct fw_stream *s = &r->streams[r->free_slots[--r->nfree]];
+    uint32_t gen = s->gen;
+    memset(s, 0, sizeof(*s));
+    s->gen = gen;
+    s->fd = fd;
+    s->state = FW_S_OPEN;
+    s->watch = FW_WATCH_OFF;
+    int rc = fw_stream_arm(r, s);
+    if (rc < 0) {
+        s->state = FW_S_CLOSED;
+        fw_stream_maybe_free(r, s);
+        return rc;
+    }
+    r->streams_open++;
+    return (int64_t)fw_sid(r, s);
+}
+
+static inline int64_t fw_unsent(struct fw_stream *s)
+{
+    return (int64_t)(s->slen - s->soff) + s->qlen;
+}
+
+/* Queue `len` bytes; returns the stream's unsent bytes (this call's included) or -errno. */
+static int64_t fw_stream_send(fw_ring *r, uint64_t sid, const char *data, size_t len)
+{
+    struct fw_stream *s = fw_stream_of(r, sid);
+    if (!s) return -ENOTCONN;
+    if (s->dead) return -EPIPE;
+    if (!len) return fw_unsent(s);
+    if (s->send_busy) {
+        int rc = fw_reserve(&s->qbuf, &s->qcap, (size_t)s->qlen + len);
+        if (rc) return rc;
+        memcpy(s->qbuf + s->qlen, data, len);
+        s->qlen += (uint32_t)len;
+        return fw_unsent(s);
+    }
+    int rc = fw_reserve(&s->sbuf, &s->scap, len);
+    if (rc) return rc;
+    memcpy(s->sbuf, data, len);
+    s->soff = 0;
+    s->slen = (uint32_t)len;
+    rc = fw_stream_submit_send(r, s);
+    if (rc) return rc;
+    return fw_unsent(s);
+}
+
+static int64_t fw_stream_queued(fw_ring *r, uint64_t sid)
+{
+    struct fw_stream *s = fw_stream_of(r, sid);
+    return s ? fw_unsent(s) : -ENOTCONN;
+}
+
+/* Ask for one DRAINED event when the unsent bytes fall to `low` or below. Returns 1 (and asks
+   nothing) when they already are, 0 when the event will come, -ENOTCONN for a closed stream. */
+static int fw_stream_watch(fw_ring *r, uint64_t sid, uint32_t low)
+{
+    struct fw_stream *s = fw_stream_of(r, sid);
+    if (!s) return -ENOTCONN;
+    if (fw_unsent(s) <= (int64_t)low) { s->watch = FW_WATCH_OFF; return 1; }
+    s->watch = low;
+    return 0;
+}
+
+/* Stop the stream: its receive and a send in flight are cancelled, queued bytes dropped, and no
+   event of it reaches Python again. The slot is freed when the kernel has returned both. */
+static int fw_stream_close(fw_ring *r, uint64_t sid)
+{
+    struct fw_stream *s = fw_stream_of(r, sid);
+    if (!s) return -ENOTCONN;
+    s->state = FW_S_CLOSED;
+    r->streams_open--;
+    free(s->qbuf);
+    s->qbuf = NULL;
+    s->qlen = s->qcap = 0;
+    uint64_t ud = FW_UD_STREAM_TAG | sid;
+    if (s->recv_armed) {
+        struct io_uring_sqe *sqe = fw_get_or_submit(r);
+        if (sqe) {
+            io_uring_prep_cancel64(sqe, ud, 0);
+            fw_finish(r, sqe, 0, FW_UD_CANCEL, -1);
+        }
+    }
+    if (s->send_busy) {
+        struct io_uring_sqe *sqe = fw_get_or_submit(r);
+        if (sqe) {
+            io_uring_prep_cancel64(sqe, ud | FW_UD_STREAM_SEND, 0);
+            fw_finish(r, sqe, 0, FW_UD_CANCEL, -1);
+        }
+    }
+    fw_stream_maybe_free(r, s);
+    return 0;
+}
+
+static unsigned fw_streams_close_all(fw_ring *r)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < r->nstreams; i++)
+        if (r->streams[i].state == FW_S_OPEN && !fw_stream_close(r, fw_sid(r, &r->streams[i]))) n++;
+    return n;
+}
+
+static inline void fw_emit(fw_ring *r, struct fw_stream *s, uint32_t kind, int32_t res, uint32_t off)
+{
+    fw_sev *e = &r->sev[r->nsev++];
+    e->sid = fw_sid(r, s);
+    e->res = res;
+    e->off = off;
+    e->kind = kind;
+}
+
+static inline void fw_recycle_one(fw_ring *r, unsigned bid)
+{
+    io_uring_buf_ring_add(r->br, r->pbuf_base + (size_t)bid * r->pbuf_size, r->pbuf_size,
+                          (unsigned short)bid, io_uring_buf_ring_mask(r->br_entries), 0);
+    io_uring_buf_ring_advance(r->br, 1);
+}
+
+static void fw_stream_fail(fw_ring *r, struct fw_stream *s, int32_t res)
+{
+    s->dead = 1;
+    fw_emit(r, s, FW_SEV_ERROR, res, 0);
+}
+
+static void fw_stream_send_cqe(fw_ring *r, struct fw_stream *s, int32_t res)
+{
+    s->send_busy = 0;
+    if (s->state != FW_S_OPEN) { fw_stream_maybe_free(r, s); return; }
+    if (res < 0) { fw_stream_fail(r, s, res); return; }
+    s->soff += (uint32_t)res;
+    if (s->soff < s->slen) {
+        if (res == 0) { fw_stream_fail(r, s, -EPIPE); return; }
+        r->stream_short_sends++;
+        if (fw_stream_submit_send(r, s)) fw_stream_fail(r, s, -EBUSY);
+        return;
+    }
+    if (s->qlen) {   /* the queue becomes the send in flight; the old buffer takes the queue's place */
+        char *b = s->sbuf; uint32_t c = s->scap;
+        s->sbuf = s->qbuf; s->scap = s->qcap; s->slen = s->qlen; s->soff = 0;
+        s->qbuf = b; s->qcap = c; s->qlen = 0;
+        if (fw_stream_submit_send(r, s)) { fw_stream_fail(r, s, -EBUSY); return; }
+    } else {
+        /* all sent: an idle connection keeps no send memory */
+        fw_stream_drop_buffers(s);
+    }
+    if (s->watch != FW_WATCH_OFF && fw_unsent(s) <= (int64_t)s->watch) {
+        s->watch = FW_WATCH_OFF;
+        fw_emit(r, s, FW_SEV_DRAINED, 0, 0);
+    }
+}
+
+static void fw_stream_recv_cqe(fw_ring *r, struct fw_stream *s, struct io_uring_cqe *c)
+{
+    int32_t res = c->res;
+    int more = c->flags & IORING_CQE_F_MORE;
+    if (!more) s->recv_armed = 0;
+    if (c->flags & IORING_CQE_F_BUFFER) {
+        unsigned bid = c->flags >> IORING_CQE_BUFFER_SHIFT;
+        if (res > 0 && s->state == FW_S_OPEN) {
+            r->lent[r->nlent++] = (uint16_t)bid;
+            fw_emit(r, s, FW_SEV_DATA, res, bid * r->pbuf_size);
+        } else {
+            fw_recycle_one(r, bid);
+        }
+    }
+    if (s->state != FW_S_OPEN) { fw_stream_maybe_free(r, s); return; }
+    if (more) return;
+    if (res == 0) {
+        s->recv_ended = 1;
+        fw_emit(r, s, FW_SEV_EOF, 0, 0);
+    } else if (res == -ENOBUFS || res > 0) {
+        /* out of ring buffers, or the kernel ended the multishot (e.g. a full CQ): arm again at
+           the next reap, after this one's buffers went back */
+        if (res == -ENOBUFS) r->stream_enobufs++;
+        s->starved = 1;
+        r->starved[r->nstarved++] = (int)(s - r->streams);
+    } else {
+        s->recv_ended = 1;
+        fw_stream_fail(r, s, res);
+    }
+}
+
+/* Start of a reap: the previous reap's data was consumed (Python's callbacks returned), so its
+   ring buffers go back; starved receives are armed again; slots freed last time become free. */
+static void fw_streams_turn(fw_ring *r)
+{
+    if (r->nlent) {
+        int mask = io_uring_buf_ring_mask(r->br_entries);
+        for (unsigned i = 0; i < r->nlent; i++)
+            io_uring_buf_ring_add(r->br, r->pbuf_base + (size_t)r->lent[i] * r->pbuf_size,
+                                  r->pbuf_size, r->lent[i], mask, (int)i);
+        io_uring_buf_ring_advance(r->br, (int)r->nlent);
+        r->nlent = 0;
+    }
+    unsigned n = r->nstarved;
+    r->nstarved = 0;
+    for (unsigned i = 0; i < n; i++) {
+        struct fw_stream *s = &r->streams[r->starved[i]];
+        if (r->nsev >= r->sev_cap / 2) {   /* leave room for this reap's CQEs; the rest next time */
+            r->starved[r->nstarved++] = r->starved[i];
+            continue;
+        }
+        s->starved = 0;
+        if (s->state != FW_S_OPEN) { fw_stream_maybe_free(r, s); continue; }
+        r->stream_rearms++;
+        if (fw_stream_arm(r, s)) { s->recv_ended = 1; fw_stream_fail(r, s, -EBUSY); }
+    }
+    while (r->nfreed_later) r->free_slots[r->nfree++] = r->freed_later[--r->nfreed_later];
+}
+
 static int fw_submit(fw_ring *r)
 {
     unsigned n = io_uring_sq_ready(&r->ring);
@@ -424,9 +828,14 @@ static int fw_reap(fw_ring *r, fw_cqe *out, unsigned cap)
 {
     struct io_uring_cqe *cqes[64];
     unsigned n = 0;
-    while (n < cap) {
+    r->nsev = 0;
+    r->more = 0;
+    if (r->streams) fw_streams_turn(r);
+    while (1) {
         unsigned want = cap - n;
+        if (r->streams && r->sev_cap - r->nsev < want) want = r->sev_cap - r->nsev;
         if (want > 64) want = 64;
+        if (!want) { r->more = io_uring_cq_ready(&r->ring) > 0; break; }
         unsigned got = io_uring_peek_batch_cqe(&r->ring, cqes, want);
         if (!got) break;
         for (unsigned i = 0; i < got; i++) {
@@ -438,6 +847,18 @@ static int fw_reap(fw_ring *r, fw_cqe *out, unsigned cap)
             if (ud == FW_UD_CANCEL) continue;
             if ((ud & FW_UD_TIMEOUT_TAG) && !(ud >> 63)) {
                 if (c->res == -ETIME) r->timeouts_fired++;
+                continue;
+            }
+            if ((ud & FW_UD_STREAM_TAG) && !(ud >> 63)) {
+                uint32_t slot = (uint32_t)(ud & 0xFFFFFF);
+                struct fw_stream *s = slot < r->nstreams ? &r->streams[slot] : NULL;
+                if (!s || s->state == FW_S_FREE || s->gen != (uint32_t)((ud & FW_SID_MASK) >> 24)) {
+                    if (c->flags & IORING_CQE_F_BUFFER) fw_recycle_one(r, c->flags >> IORING_CQE_BUFFER_SHIFT);
+                } else if (ud & FW_UD_STREAM_SEND) {
+                    fw_stream_send_cqe(r, s, c->res);
+                } else {
+                    fw_stream_recv_cqe(r, s, c);
+                }
                 continue;
             }
             out[n].user_data = ud;

@@ -176,6 +176,9 @@ class QueuedProvider(AsyncIOProvider):
         self._failed = 0
         self._cancelled = 0
         self._callback_errors = 0
+        # Completions a backend handed straight to stream handlers during this call (no result
+        # object): they end a blocking wait like results do.
+        self._delivered = 0
         self._posted_count = 0
         self._poll_calls = 0  # kernel waits; the contract suite checks an idle loop does not spin
         # Provided-buffer receives: pooled buffers of pending default-path recvs (by op id), the
@@ -582,6 +585,7 @@ class QueuedProvider(AsyncIOProvider):
             )  # user_context carries the message, as for a ProviderError below
             return -1
         ready = self._ready
+        self._delivered = 0
         if self._lent:
             self._release_lent()  # delivered last call: their data is no longer valid
         if self._posted:
@@ -607,7 +611,12 @@ class QueuedProvider(AsyncIOProvider):
                         self._expire_timeouts()
                     if self._posted:
                         self._drain_posted()
-                    if ready or budget == 0 or (deadline is not None and _monotonic_ns() >= deadline):
+                    if (
+                        ready
+                        or self._delivered
+                        or budget == 0
+                        or (deadline is not None and _monotonic_ns() >= deadline)
+                    ):
                         break
         except ProviderError as exc:
             results.append(CompletionResult(Status.ERROR, 0, exc.code, 0, str(exc), None))

@@ -105,6 +105,10 @@ NOT_BUILT_REASON = (
 _CQE_BATCH = 256  # CQEs reaped per FFI call
 _CQE_SIZE = 16  # fw_cqe: u64 user_data, i32 res, u32 flags
 _CQE_FORMAT = "QiI"
+_SEV_BATCH = 512  # stream events per reap (fw_sev: u64 sid, i32 res, u32 off, u32 kind, u32 pad)
+_SEV_SIZE = 24
+_SEV_FORMAT = "QiIII"
+_SID_SLOT = 0xFFFFFF
 _MAX_FIXED_BUFFERS = 1024
 _ACCEPT_BACKLOG_CAP = 128  # accepted-but-unclaimed fds before multishot accept is paused
 _SHUTDOWN_WAIT_S = 5.0
@@ -182,7 +186,7 @@ def _pack_sockaddr(family: int, address: Any) -> bytes:
 class _UringSocket:
     """Per-socket state (in `SocketEntry.state`)."""
 
-    __slots__ = ("accept_ud", "accept_waiters", "accepted", "io_fd", "send_queue", "sending", "slot")
+    __slots__ = ("accept_ud", "accept_waiters", "accepted", "io_fd", "send_queue", "sending", "slot", "stream")
 
     def __init__(self, fd: int, slot: int) -> None:
         self.slot = slot  # fixed-file slot, -1 = plain fd
@@ -193,6 +197,7 @@ class _UringSocket:
         self.accept_ud = 0  # user_data of the armed multishot accept, 0 = none
         self.accept_waiters: deque[Operation] | None = None
         self.accepted: deque[int] | None = None  # fds accepted by multishot, not yet claimed
+        self.stream = 0  # the open stream's id, 0 = none
 
 
 class IoUringProvider(QueuedProvider):
@@ -248,6 +253,12 @@ class IoUringProvider(QueuedProvider):
         self._batch_bufs: Any = None
         self._batch_lens: Any = None
         self._batch_uds: Any = None
+        # streams (feature "Streams"): per-slot contexts and the two handlers every stream shares
+        self._sevs: Any = None
+        self._sev_view: memoryview | None = None
+        self._stream_ctx: list[Any] = []
+        self._on_stream_data: Callable[[Any, memoryview], Any] | None = None
+        self._on_stream_event: Callable[[Any, int, int], Any] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def _backend_open(self) -> None:
@@ -293,6 +304,8 @@ class IoUringProvider(QueuedProvider):
             self._buffer_slots = deque(range(_MAX_FIXED_BUFFERS))
             feats.add("BufferRegistration")
         self._setup_buffer_ring()
+        if self._setup_streams():
+            feats.add("Streams")
         feats.discard("")
         self._features_found = frozenset(feats)
 
@@ -313,6 +326,20 @@ class IoUringProvider(QueuedProvider):
         self._ring_out = 0
         self._provided_on_arrival = not self._provided_off
 
+    def _setup_streams(self) -> bool:
+        """Streams need multishot receive (6.0+) over the buffer ring."""
+        lib = self._lib
+        if self._pbuf_view is None or not lib.FW_HAVE_RECV_MULTISHOT or _kernel_version() < (6, 0):
+            return False
+        n = min(self._max_connections + 64, _SID_SLOT + 1)
+        sevs = self._ffi.new("fw_sev[]", _SEV_BATCH)
+        if lib.fw_streams_init(self._ring, n, sevs, _SEV_BATCH) != 0:
+            return False
+        self._sevs = sevs
+        self._sev_view = memoryview(self._ffi.buffer(sevs))
+        self._stream_ctx = [None] * n
+        return True
+
     def _backend_close(self) -> None:
         wakefd, self._wakefd = self._wakefd, -1  # first, so a racing post() stops writing to it
         self._provided_on_arrival = False
@@ -320,7 +347,7 @@ class IoUringProvider(QueuedProvider):
         pbuf_mem, self._pbuf_mem, self._pbuf_view = self._pbuf_mem, None, None
         self._starved.clear()
         if self._leaked_ring:
-            _leaked.append((self._ring, self._pending, wakefd, pbuf_mem))
+            _leaked.append((self._ring, self._pending, wakefd, pbuf_mem, self._sevs))
         else:
             if wakefd >= 0:
                 os.close(wakefd)
@@ -338,6 +365,9 @@ class IoUringProvider(QueuedProvider):
         for op in list(self._pending.values()):
             self._backend_cancel(op, Status.CANCELLED, 0)
         lib, ring = self._lib, self._ring
+        if self._sevs is not None:
+            lib.fw_streams_close_all(ring)  # no stream event reaches a handler after shutdown began
+            self._stream_ctx = [None] * len(self._stream_ctx)
         deadline = time.monotonic() + _SHUTDOWN_WAIT_S
         turn = 0
         while ring.inflight > 0:
@@ -373,6 +403,8 @@ class IoUringProvider(QueuedProvider):
         st: _UringSocket = entry.state
         if st is None:
             return
+        if st.stream:
+            self.stream_close(st.stream)
         while st.accepted:
             os.close(st.accepted.popleft())
         if st.accept_ud:
@@ -813,13 +845,37 @@ class IoUringProvider(QueuedProvider):
                         self._op_failed(op, errno.ECANCELED)
                     else:
                         self._complete_accept(op, res)
-            if n < _CQE_BATCH:
+            m = ring.nsev
+            if m:
+                self._stream_events(m)
+            if not ring.more:
                 break
             n = lib.fw_reap(ring, self._cqes, _CQE_BATCH)
         self._completed += sent_ok
         if self._cancelling:
             for op_id in [i for i in self._cancelling if i not in pending]:
                 del self._cancelling[op_id]
+
+    def _stream_events(self, m: int) -> None:
+        """Hand a reap's stream events to the handlers: DATA points into a ring buffer that goes
+        back to the kernel at the next reap (valid until the handler returns)."""
+        self._delivered += m
+        ctxs = self._stream_ctx
+        on_data = self._on_stream_data
+        on_event = self._on_stream_event
+        pview = self._pbuf_view
+        for sid, res, off, kind, _ in struct.iter_unpack(_SEV_FORMAT, self._sev_view[: m * _SEV_SIZE]):
+            ctx = ctxs[sid & _SID_SLOT]
+            if ctx is None:  # closed by an earlier handler of this batch
+                continue
+            try:
+                if kind == 0:
+                    on_data(ctx, pview[off : off + res])
+                else:
+                    on_event(ctx, kind, map_errno(-res) if res < 0 else 0)
+            except Exception:
+                self._callback_errors += 1
+                log.exception("stream handler raised", backend=self.name, kind=kind)
 
     def _send_progress(self, op: Operation, res: int) -> None:
         op.done += res
@@ -906,6 +962,55 @@ class IoUringProvider(QueuedProvider):
                 os.eventfd_write(fd, 1)
             except OSError:
                 pass  # closed by a concurrent shutdown: nothing left to wake
+
+    # ------------------------------------------------------------------ streams
+    def set_stream_handlers(
+        self, on_data: Callable[[Any, memoryview], Any], on_event: Callable[[Any, int, int], Any]
+    ) -> None:
+        self._on_stream_data = on_data
+        self._on_stream_event = on_event
+
+    def stream_open(self, sock: socket.socket, context: Any = None) -> int:
+        if self._sevs is None or self._on_stream_data is None or self._closed:
+            raise NotImplementedError(self._streams_unavailable())
+        entry = self._entry_for(sock)
+        if entry is None:
+            return 0
+        st: _UringSocket = entry.state
+        if st.stream:
+            return 0  # one stream per socket
+        sid = self._lib.fw_stream_open(self._ring, entry.fd)
+        if sid < 0:
+            self.last_error = f"stream_open: {os.strerror(-sid)}"
+            return 0
+        st.stream = sid
+        self._stream_ctx[sid & _SID_SLOT] = context
+        return sid
+
+    def stream_send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
+        if type(data) is not bytes:
+            data = bytes(data)
+        return self._lib.fw_stream_send(self._ring, stream_id, data, len(data))
+
+    def stream_queued(self, stream_id: int) -> int:
+        return self._lib.fw_stream_queued(self._ring, stream_id) if self._ring is not None else -errno.ENOTCONN
+
+    def stream_watch(self, stream_id: int, low_water: int) -> bool:
+        rc = self._lib.fw_stream_watch(self._ring, stream_id, max(0, low_water))
+        return rc == 1 or rc < 0  # < 0: closed, nothing will ever drain (the caller learns why elsewhere)
+
+    def stream_close(self, stream_id: int) -> None:
+        # A stale id (the stream already closed) is refused by the C side's generation check, so
+        # the context of the slot's next occupant is never touched.
+        if self._ring is not None and self._lib.fw_stream_close(self._ring, stream_id) == 0:
+            self._stream_ctx[stream_id & _SID_SLOT] = None
+
+    def _streams_unavailable(self) -> str:
+        if self._closed or not self._initialized:
+            return "io_uring: the provider is not initialized"
+        if self._sevs is None:
+            return "io_uring: streams need multishot receive over a provided-buffer ring (Linux 6.0+)"
+        return "io_uring: set_stream_handlers() must be called before stream_open()"
 
     # ------------------------------------------------------------------ registered buffers
     def register_buffer(self, buffer: bytearray | memoryview) -> int:
@@ -1017,6 +1122,10 @@ class IoUringProvider(QueuedProvider):
                 "linked_timeouts_fired": ring.timeouts_fired,
                 "sq_entries": ring.sq_entries,
                 "cq_entries": ring.cq_entries,
+                "streams_open": ring.streams_open,
+                "stream_rearms": ring.stream_rearms,
+                "stream_enobufs": ring.stream_enobufs,
+                "stream_short_sends": ring.stream_short_sends,
             }
         counters.update(
             {
