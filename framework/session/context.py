@@ -45,6 +45,7 @@ class OpContext:
         "short_reads",
         "slot",
         "sock",
+        "stream",
     )
 
     def __init__(self, session_id: SessionId, registry: SessionRegistry, sock: socket.socket) -> None:
@@ -56,6 +57,7 @@ class OpContext:
         self.pending = 0  # provider operations posted and not yet completed
         self.closed = False  # the session is finished; close the socket when pending reaches 0
         self.short_reads = 0  # reads in a row that a small receive buffer would have held
+        self.stream = 0  # the provider stream carrying the session's I/O ("Streams"), 0 = none
 
     @property
     def id(self) -> SessionId:

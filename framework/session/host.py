@@ -23,8 +23,8 @@ from typing import Any
 import msgpack
 import structlog
 
-from framework.io.errors import ErrorCode, ProviderError, describe
-from framework.io.provider import AsyncIOProvider, CompletionResult, Status
+from framework.io.errors import ErrorCode, ProviderError, describe, map_errno
+from framework.io.provider import STREAM_DRAINED, STREAM_EOF, AsyncIOProvider, CompletionResult, Status
 from framework.session.buffers import Buffer, BufferPool
 from framework.session.codec import HEARTBEAT_FRAME, FrameDecoder, ProtocolError, make_payload_decoder
 from framework.session.context import OpContext
@@ -66,6 +66,16 @@ class Timer:
 
     def __repr__(self) -> str:
         return f"Timer(when={self.when:.3f}, interval={self.interval}, cancelled={self.cancelled})"
+
+
+def _describe_failure(what: str, status: int, code: int) -> str:
+    if code == ErrorCode.CONNECTION_RESET:
+        return "connection reset"
+    if status == Status.TIMEOUT:
+        return f"{what} timeout"
+    if status == Status.CANCELLED:
+        return f"{what} cancelled"
+    return f"{what} error: {describe(code)}"
 
 
 def _noop() -> None:
@@ -155,6 +165,10 @@ class SessionHost:
         # The provider picks receive memory when data arrives ("ProvidedBuffers"): sessions then
         # hold no receive buffer at all and the pool stays empty (see _post_recv).
         self._provided = False
+        # The provider keeps each session's receive armed and owns its send queue ("Streams"):
+        # no operation, result object or callback per read or per send (see _on_stream_data).
+        self._streams = False
+        self._stream_send: Callable[[int, bytes], int] | None = None
         # Bound once: a pending receive holds its callback, and a bound method made per receive
         # would cost every idle connection 64 bytes (and an allocation per read).
         self._recv_provided_cb = self._on_recv
@@ -216,11 +230,15 @@ class SessionHost:
             if not provider.set_option(name, value):
                 log.warning("provider option not supported", backend=provider.name, option=name, value=value)
         self._provided = provider.supports_feature("ProvidedBuffers")
+        self._streams = provider.supports_feature("Streams")
+        if self._streams:
+            provider.set_stream_handlers(self._on_stream_data, self._on_stream_event)
+            self._stream_send = provider.stream_send
         b = self.settings.buffers
         self.pool = BufferPool(
             provider,
             b.recv_buffer_size,
-            0 if self._provided else b.initial_buffers,
+            0 if self._provided or self._streams else b.initial_buffers,
             b.max_buffers,
             register=b.register_with_kernel,
             small_size=min(_SMALL_RECV_BUFFER, b.recv_buffer_size // 2),
@@ -454,6 +472,12 @@ class SessionHost:
         if session._out and not session._dirty:
             session._dirty = True
             self._dirty.append(session)
+        if self._streams:
+            ctx = session._ctx
+            ctx.stream = self.provider.stream_open(ctx.sock, ctx)
+            if not ctx.stream:
+                self._abort_session(session, "receive could not be posted")
+            return
         self._post_recv(session._ctx, None)
 
     def _post_recv(self, ctx: OpContext, buf: Any) -> None:
@@ -518,7 +542,10 @@ class SessionHost:
         session._backlog = ()
         self._closing.add(session)
         if not session._out and not session._sending:
-            self._half_close(session)
+            if self._streams and session._ctx.stream:
+                self._watch_stream(session)  # half-closes once the provider has written it all
+            else:
+                self._half_close(session)
 
     def _half_close(self, session: Session) -> None:
         """Everything queued was sent: send FIN. Keep reading (and discarding) until the peer's EOF,
@@ -622,7 +649,7 @@ class SessionHost:
         if n == 0 or result.status != _SUCCESS:
             if buf is not None:
                 self.pool.release(buf)
-            self._recv_ended(session, result)
+            self._recv_ended(session, result.status, result.error_code)
             return
         session.bytes_in += n
         self.bytes_in += n
@@ -683,9 +710,9 @@ class SessionHost:
         if msgs:
             self._deliver(session, msgs)
 
-    def _recv_ended(self, session: Session, result: CompletionResult) -> None:
-        """A receive got EOF (0 bytes) or failed."""
-        if result.status == _SUCCESS:
+    def _recv_ended(self, session: Session, status: int, code: int) -> None:
+        """A receive got EOF (0 bytes; status SUCCESS) or failed."""
+        if status == _SUCCESS:
             session._eof = True
             if session._state == CLOSING:
                 if session._drained:
@@ -694,7 +721,74 @@ class SessionHost:
             else:
                 self._eof_received(session)
         else:
-            self._abort_session(session, self._error_reason("recv", result))
+            self._abort_session(session, _describe_failure("recv", status, code))
+
+    # ------------------------------------------------------------------ streams
+    def _on_stream_data(self, ctx: OpContext, data: memoryview) -> None:
+        """Bytes arrived on a session's stream (provider memory, valid only inside this call; the
+        decoder copies nothing but an incomplete tail, and messages own their bytes)."""
+        registry = self.registry  # resolve(), inlined as in _on_recv
+        slot = ctx.slot
+        session = registry._sessions[slot] if registry._generations[slot] == ctx.generation else None
+        if session is None:  # cannot happen while the stream is closed with its session; counted
+            registry.resolve(ctx)
+            return
+        n = len(data)
+        session.bytes_in += n
+        self.bytes_in += n
+        if session._state != OPEN:
+            return  # closing: read and discard until EOF
+        msgs: list[Any] = []
+        try:
+            frames = session._decoder.feed(data, msgs)
+        except ProtocolError as exc:
+            self.protocol_errors += 1
+            self._abort_session(session, f"protocol error: {exc}")
+            return
+        if frames:
+            session._last_frame = self.now
+            session.frames_in += frames
+            self.frames_in += frames
+        if msgs:
+            self._deliver(session, msgs)
+
+    def _on_stream_event(self, ctx: OpContext, kind: int, code: int) -> None:
+        session = self.registry.resolve(ctx)
+        if session is None:
+            return
+        if kind == STREAM_DRAINED:
+            self._stream_drained(session)
+        elif kind == STREAM_EOF:
+            self._recv_ended(session, _SUCCESS, 0)
+        else:
+            self._abort_session(session, _describe_failure("stream", Status.ERROR, code))
+
+    def _watch_stream(self, session: Session) -> None:
+        """Ask the provider for STREAM_DRAINED at the level this session waits for: everything
+        written (closing) or the low-water mark (paused)."""
+        low = 0 if session._state == CLOSING else self._write_low
+        if self.provider.stream_watch(session._ctx.stream, low):
+            self._stream_drained(session)
+
+    def _stream_drained(self, session: Session) -> None:
+        unsent = self.provider.stream_queued(session._ctx.stream)
+        session._inflight = unsent if unsent > 0 else 0
+        if session._paused and session._out_bytes + session._inflight <= self._write_low:
+            session._paused = False
+            self._call_handler(session, session.on_resume_writing)
+        if session._state == CLOSING and not session._out:
+            if unsent <= 0:
+                self._half_close(session)
+            else:
+                self._watch_stream(session)
+        elif session._paused and session._state == OPEN and not session._out:
+            self._watch_stream(session)
+
+    def _stream_unsent(self, session: Session) -> int:
+        """Bytes handed to the provider and not yet written (the slow path of the high-water
+        check asks; the hot path uses the figure from the last flush)."""
+        unsent = self.provider.stream_queued(session._ctx.stream) if session._ctx.stream else 0
+        return unsent if unsent > 0 else 0
 
     def _deliver(self, session: Session, msgs: list[Any]) -> None:
         """Hand decoded messages to the session's handler."""
@@ -718,14 +812,7 @@ class SessionHost:
             self._close_session(session, "peer closed")
 
     def _error_reason(self, what: str, result: CompletionResult) -> str:
-        code = result.error_code
-        if code == ErrorCode.CONNECTION_RESET:
-            return "connection reset"
-        if result.status == Status.TIMEOUT:
-            return f"{what} timeout"
-        if result.status == Status.CANCELLED:
-            return f"{what} cancelled"
-        return f"{what} error: {describe(code)}"
+        return _describe_failure(what, result.status, result.error_code)
 
     def _on_send(self, result: CompletionResult, ctx: OpContext) -> None:
         ctx.pending -= 1
@@ -772,6 +859,9 @@ class SessionHost:
 
     # ------------------------------------------------------------------ flush
     def _flush(self) -> None:
+        if self._streams:
+            self._flush_streams()
+            return
         dirty = self._dirty
         send_async = self.provider.send_async
         on_send = self._on_send
@@ -800,6 +890,40 @@ class SessionHost:
             else:
                 session._sending = False
                 self._abort_session(session, "send could not be posted")
+        self.frames_out += frames
+        dirty.clear()
+
+    def _flush_streams(self) -> None:
+        """Each dirty session's queued frames go to its stream in one call; the provider writes
+        them in order. The unsent figure it returns feeds the high-water check."""
+        dirty = self._dirty
+        stream_send = self._stream_send
+        now = self.now
+        frames = 0
+        for session in dirty:
+            session._dirty = False
+            out = session._out
+            if not out or not 0 < session._state < CLOSED:
+                continue
+            if len(out) == 1:
+                data = out[0]
+                frames += 1
+            else:
+                data = b"".join(out)
+                frames += len(out)
+            out.clear()
+            session._out_bytes = 0
+            session._last_send = now
+            n = len(data)
+            session.bytes_out += n
+            self.bytes_out += n
+            unsent = stream_send(session._ctx.stream, data)
+            if unsent < 0:
+                self._abort_session(session, "send error: " + describe(map_errno(-unsent)))
+                continue
+            session._inflight = unsent
+            if session._state == CLOSING or session._paused:
+                self._watch_stream(session)
         self.frames_out += frames
         dirty.clear()
 

@@ -190,6 +190,9 @@ class Session:
     @property
     def queued_bytes(self) -> int:
         """Outgoing bytes not yet acknowledged by the provider (queued + in flight)."""
+        host = self.server
+        if host is not None and host._streams and self._state != CLOSED:
+            self._inflight = host._stream_unsent(self)
         return self._out_bytes + self._inflight
 
     @property
@@ -199,7 +202,7 @@ class Session:
             "frames_out": self.frames_out,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
-            "queued_bytes": self._out_bytes + self._inflight,
+            "queued_bytes": self.queued_bytes,
         }
 
     def send(self, msg: Any) -> bool:
@@ -248,6 +251,11 @@ class Session:
 
     def _over_high_water(self) -> bool:
         host = self.server
+        if host is not None and host._streams:
+            # the figure from the last flush may be stale: the provider has written more since
+            self._inflight = host._stream_unsent(self)
+            if self._out_bytes + self._inflight <= self._write_high:
+                return True
         if self._out_bytes + self._inflight > self._write_cap:
             if host is not None:
                 host._abort_session(self, "slow consumer")

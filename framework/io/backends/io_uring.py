@@ -255,6 +255,7 @@ class IoUringProvider(QueuedProvider):
         self._batch_uds: Any = None
         # streams (feature "Streams"): per-slot contexts and the two handlers every stream shares
         self._sevs: Any = None
+        self._streams_off = False
         self._sev_view: memoryview | None = None
         self._stream_ctx: list[Any] = []
         self._on_stream_data: Callable[[Any, memoryview], Any] | None = None
@@ -304,8 +305,7 @@ class IoUringProvider(QueuedProvider):
             self._buffer_slots = deque(range(_MAX_FIXED_BUFFERS))
             feats.add("BufferRegistration")
         self._setup_buffer_ring()
-        if self._setup_streams():
-            feats.add("Streams")
+        self._setup_streams()
         feats.discard("")
         self._features_found = frozenset(feats)
 
@@ -405,6 +405,11 @@ class IoUringProvider(QueuedProvider):
             return
         if st.stream:
             self.stream_close(st.stream)
+            st.stream = 0
+            if not self._closed:
+                # Submit now: a queued SQE naming this fd (a receive armed again this turn) must
+                # reach the kernel before the caller closes the fd and the number is reused.
+                self._lib.fw_submit(self._ring)
         while st.accepted:
             os.close(st.accepted.popleft())
         if st.accept_ud:
@@ -1093,9 +1098,16 @@ class IoUringProvider(QueuedProvider):
 
     # ------------------------------------------------------------------ options, statistics
     def _features(self) -> frozenset[str]:
-        return super()._features() | self._features_found
+        feats = super()._features() | self._features_found
+        # Streams receive through the buffer ring: off with provided buffers, or when asked.
+        if self._sevs is not None and self._provided_on_arrival and not self._streams_off:
+            feats |= {"Streams"}
+        return feats
 
     def _backend_set_option(self, name: str, value: Any) -> bool:
+        if name == "streams":  # False: sessions use per-operation receives and sends
+            self._streams_off = not value
+            return True
         if name == "provided_buffer_count":  # applies at initialize
             if type(value) is not int or not 1 <= value <= 32768 or value & (value - 1) or self._ring:
                 return False
