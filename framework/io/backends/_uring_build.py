@@ -653,7 +653,8 @@ static int64_t fw_stream_send(fw_ring *r, uint64_t sid, const char *data, size_t
 static int64_t fw_stream_queued(fw_ring *r, uint64_t sid)
 {
     struct fw_stream *s = fw_stream_of(r, sid);
-    return s ? fw_unsent(s) : -ENOTCONN;
+    if (!s) return -ENOTCONN;
+    return s->dead ? -EPIPE : fw_unsent(s);
 }
 
 /* Ask for one DRAINED event when the unsent bytes fall to `low` or below. Returns 1 (and asks
@@ -824,13 +825,10 @@ static int fw_submit(fw_ring *r)
 
 /* Reap up to `cap` CQEs into `out` and advance the CQ. Internal CQEs (linked timeouts, cancel
    requests) only update counters. peek_batch flushes the kernel's overflow list (NODROP). */
-static int fw_reap(fw_ring *r, fw_cqe *out, unsigned cap)
+static int fw_reap_cqes(fw_ring *r, fw_cqe *out, unsigned cap)
 {
     struct io_uring_cqe *cqes[64];
     unsigned n = 0;
-    r->nsev = 0;
-    r->more = 0;
-    if (r->streams) fw_streams_turn(r);
     while (1) {
         unsigned want = cap - n;
         if (r->streams && r->sev_cap - r->nsev < want) want = r->sev_cap - r->nsev;
@@ -871,11 +869,29 @@ static int fw_reap(fw_ring *r, fw_cqe *out, unsigned cap)
     return (int)n;
 }
 
+/* The previous reap's events were handled: a new batch starts (stream bookkeeping first). */
+static inline void fw_batch_start(fw_ring *r)
+{
+    r->nsev = 0;
+    r->more = 0;
+    if (r->streams) fw_streams_turn(r);
+}
+
+/* Reap the rest of a batch that filled an output array (its events were handled). */
+static int fw_reap(fw_ring *r, fw_cqe *out, unsigned cap)
+{
+    fw_batch_start(r);
+    return fw_reap_cqes(r, out, cap);
+}
+
 /* One io_uring_enter: submit everything queued and, unless CQEs are already waiting or
    timeout_ms == 0, wait up to timeout_ms (-1 forever) for one; then reap. */
 static int fw_submit_wait_reap(fw_ring *r, int timeout_ms, fw_cqe *out, unsigned cap)
 {
     int ret = 0;
+    /* Before waiting: ring buffers lent last time go back and starved streams are armed again,
+       so their receives are in this very submission (after the wait would stall them). */
+    fw_batch_start(r);
     unsigned queued = io_uring_sq_ready(&r->ring);
     if (timeout_ms == 0 || io_uring_cq_ready(&r->ring)) {
         if (queued) {
@@ -898,7 +914,7 @@ static int fw_submit_wait_reap(fw_ring *r, int timeout_ms, fw_cqe *out, unsigned
     }
     if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
         return ret;
-    return fw_reap(r, out, cap);
+    return fw_reap_cqes(r, out, cap);
 }
 """
 )

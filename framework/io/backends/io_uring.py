@@ -116,6 +116,7 @@ _CANCEL_ERRNOS = (errno.ECANCELED, errno.EINTR)
 _SQ_FULL = -errno.EBUSY  # what a fw_prep_* returns when the SQ has no room
 PROVIDED_BUFFER_COUNT = 1024  # buffers in the provided-buffer ring (a power of two <= 32768)
 _PARKED = object()  # Operation.token of a provided recv waiting in user space for ring buffers
+_NO_STREAM = object()  # a stream slot's context while no stream is open there (None is a context)
 
 _SUCCESS = Status.SUCCESS
 _RECV = OpType.RECV
@@ -258,6 +259,7 @@ class IoUringProvider(QueuedProvider):
         self._streams_off = False
         self._sev_view: memoryview | None = None
         self._stream_ctx: list[Any] = []
+        self._stream_sock: list[_UringSocket | None] = []
         self._on_stream_data: Callable[[Any, memoryview], Any] | None = None
         self._on_stream_event: Callable[[Any, int, int], Any] | None = None
 
@@ -337,7 +339,8 @@ class IoUringProvider(QueuedProvider):
             return False
         self._sevs = sevs
         self._sev_view = memoryview(self._ffi.buffer(sevs))
-        self._stream_ctx = [None] * n
+        self._stream_ctx = [_NO_STREAM] * n
+        self._stream_sock: list[_UringSocket | None] = [None] * n
         return True
 
     def _backend_close(self) -> None:
@@ -367,7 +370,8 @@ class IoUringProvider(QueuedProvider):
         lib, ring = self._lib, self._ring
         if self._sevs is not None:
             lib.fw_streams_close_all(ring)  # no stream event reaches a handler after shutdown began
-            self._stream_ctx = [None] * len(self._stream_ctx)
+            self._stream_ctx = [_NO_STREAM] * len(self._stream_ctx)
+            self._stream_sock = [None] * len(self._stream_sock)
         deadline = time.monotonic() + _SHUTDOWN_WAIT_S
         turn = 0
         while ring.inflight > 0:
@@ -405,7 +409,6 @@ class IoUringProvider(QueuedProvider):
             return
         if st.stream:
             self.stream_close(st.stream)
-            st.stream = 0
             if not self._closed:
                 # Submit now: a queued SQE naming this fd (a receive armed again this turn) must
                 # reach the kernel before the caller closes the fd and the number is reused.
@@ -871,7 +874,7 @@ class IoUringProvider(QueuedProvider):
         pview = self._pbuf_view
         for sid, res, off, kind, _ in struct.iter_unpack(_SEV_FORMAT, self._sev_view[: m * _SEV_SIZE]):
             ctx = ctxs[sid & _SID_SLOT]
-            if ctx is None:  # closed by an earlier handler of this batch
+            if ctx is _NO_STREAM:  # closed by an earlier handler of this batch
                 continue
             try:
                 if kind == 0:
@@ -990,25 +993,36 @@ class IoUringProvider(QueuedProvider):
             return 0
         st.stream = sid
         self._stream_ctx[sid & _SID_SLOT] = context
+        self._stream_sock[sid & _SID_SLOT] = st
         return sid
 
     def stream_send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         if type(data) is not bytes:
             data = bytes(data)
-        return self._lib.fw_stream_send(self._ring, stream_id, data, len(data))
+        ring = self._ring
+        if ring is None:
+            return -errno.ENOTCONN
+        return self._lib.fw_stream_send(ring, stream_id, data, len(data))
 
     def stream_queued(self, stream_id: int) -> int:
         return self._lib.fw_stream_queued(self._ring, stream_id) if self._ring is not None else -errno.ENOTCONN
 
     def stream_watch(self, stream_id: int, low_water: int) -> bool:
+        if self._ring is None:
+            return True  # closed: nothing will ever drain (the caller learns why elsewhere)
         rc = self._lib.fw_stream_watch(self._ring, stream_id, max(0, low_water))
-        return rc == 1 or rc < 0  # < 0: closed, nothing will ever drain (the caller learns why elsewhere)
+        return rc == 1 or rc < 0
 
     def stream_close(self, stream_id: int) -> None:
         # A stale id (the stream already closed) is refused by the C side's generation check, so
         # the context of the slot's next occupant is never touched.
         if self._ring is not None and self._lib.fw_stream_close(self._ring, stream_id) == 0:
-            self._stream_ctx[stream_id & _SID_SLOT] = None
+            slot = stream_id & _SID_SLOT
+            self._stream_ctx[slot] = _NO_STREAM
+            st = self._stream_sock[slot]
+            self._stream_sock[slot] = None
+            if st is not None:
+                st.stream = 0  # the socket may open a new stream
 
     def _streams_unavailable(self) -> str:
         if self._closed or not self._initialized:
