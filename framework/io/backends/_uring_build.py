@@ -20,7 +20,8 @@ from cffi import FFI
 # The types Python reads, declared once for both cdef (which ends fw_ring with `...;`, the private
 # rest) and the C source (which continues the struct): the two can never disagree on the layout.
 _SHARED_TYPES = r"""
-typedef struct { uint64_t user_data; int32_t res; uint32_t flags; } fw_cqe;
+/* `off`: for a CQE that delivered ring-buffer data, where it starts in the buffer memory. */
+typedef struct { uint64_t user_data; int32_t res; uint32_t flags; uint32_t off; uint32_t pad; } fw_cqe;
 /* A stream event for Python: DATA (res bytes at offset `off` of the provided-buffer memory),
    EOF, ERROR (res = -errno) or DRAINED, for stream `sid`. */
 typedef struct { uint64_t sid; int32_t res; uint32_t off; uint32_t kind; uint32_t pad; } fw_sev;
@@ -42,6 +43,8 @@ typedef struct {
     uint64_t stream_rearms;  /* multishot receives armed again (ENOBUFS, kernel-ended) */
     uint64_t stream_enobufs;
     uint64_t stream_short_sends;
+    unsigned pbuf_inc;       /* the buffer ring is consumed incrementally (IOU_PBUF_RING_INC) */
+    unsigned pbuf_lent;      /* ring buffers holding data not yet released */
 """
 
 CDEF = (
@@ -85,7 +88,7 @@ int fw_register_files_sparse(fw_ring *r, unsigned nr);
 int fw_update_file(fw_ring *r, unsigned slot, int fd);
 int fw_register_buffers_sparse(fw_ring *r, unsigned nr);
 int fw_update_buffer(fw_ring *r, unsigned slot, void *base, size_t len);
-int fw_pbuf_setup(fw_ring *r, unsigned entries, char *base, unsigned size);
+int fw_pbuf_setup(fw_ring *r, unsigned entries, char *base, unsigned size, int incremental);
 void fw_pbuf_recycle(fw_ring *r, unsigned bid);
 void fw_pbuf_recycle_many(fw_ring *r, uint16_t *bids, unsigned n);
 int fw_prep_recv_select(fw_ring *r, int fd, int fixed_file, unsigned len, uint64_t ud, int64_t timeout_ns);
@@ -122,6 +125,7 @@ int fw_reap(fw_ring *r, fw_cqe *out, unsigned cap);
 SOURCE = (
     r"""
 #include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,6 +153,13 @@ SOURCE = (
 #define FW_HAVE_RECV_MULTISHOT 0
 #endif
 #define FW_BGID 1                        /* the one provided-buffer group (a buffer ring) */
+/* Linux 6.12 uapi, newer than liburing 2.3's headers */
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2
+#endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
 
 #if defined(IORING_ACCEPT_MULTISHOT)
 #define FW_HAVE_MULTISHOT_ACCEPT 1
@@ -165,6 +176,8 @@ SOURCE = (
     unsigned br_entries;
     char *pbuf_base;               /* br_entries buffers of pbuf_size bytes, owned by Python */
     unsigned pbuf_size;
+    uint32_t *pbuf_refs;           /* per buffer: 1 while the kernel may fill it + chunks lent out */
+    uint32_t *pbuf_fill;           /* per buffer: bytes the kernel has filled (incremental mode) */
     struct fw_stream *streams;     /* stream table, indexed by slot */
     unsigned nstreams;
     int *free_slots;               /* stack of free slots */
@@ -246,6 +259,8 @@ static void fw_ring_free(fw_ring *r)
     free(r->freed_later);
     free(r->starved);
     free(r->lent);
+    free(r->pbuf_refs);
+    free(r->pbuf_fill);
     free(r->ts);
     free(r);
 }
@@ -290,47 +305,93 @@ static int fw_update_buffer(fw_ring *r, unsigned slot, void *base, size_t len)
 }
 
 /* Register a buffer ring of `entries` (a power of two) buffers base + i * size, all handed to the
-   kernel at once. The ring itself is page-aligned memory the kernel maps; 0 or -errno. */
-static int fw_pbuf_setup(fw_ring *r, unsigned entries, char *base, unsigned size)
+   kernel at once. The ring itself is page-aligned memory the kernel maps; 0 or -errno.
+
+   Incremental mode (6.12+): the kernel fills a buffer piece by piece, one receive after another
+   (CQE flag F_BUF_MORE while it keeps the buffer), so a few large buffers serve thousands of
+   connections' small messages without running out. Each piece is a chunk lent to the caller; a
+   buffer goes back to the ring when the kernel is done with it and every chunk was released.
+   Without incremental mode each buffer is one chunk: the same accounting holds. */
+static int fw_pbuf_setup(fw_ring *r, unsigned entries, char *base, unsigned size, int incremental)
 {
     size_t len = entries * sizeof(struct io_uring_buf);
     void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (mem == MAP_FAILED) return -errno;
+    uint32_t *refs = calloc(entries, sizeof(uint32_t));
+    uint32_t *fill = calloc(entries, sizeof(uint32_t));
+    if (!refs || !fill) { free(refs); free(fill); munmap(mem, len); return -ENOMEM; }
     struct io_uring_buf_reg reg;
     memset(&reg, 0, sizeof(reg));
     reg.ring_addr = (unsigned long)(uintptr_t)mem;
     reg.ring_entries = entries;
     reg.bgid = FW_BGID;
+    /* the u16 after bgid: `flags` in 6.12+ headers, `pad` in liburing 2.3's */
+    uint16_t reg_flags = incremental ? IOU_PBUF_RING_INC : 0;
+    memcpy((char *)&reg + offsetof(struct io_uring_buf_reg, bgid) + sizeof(reg.bgid), &reg_flags,
+           sizeof(reg_flags));
     int ret = io_uring_register_buf_ring(&r->ring, &reg, 0);
-    if (ret) { munmap(mem, len); return ret; }
+    if (ret) { free(refs); free(fill); munmap(mem, len); return ret; }
     r->br = mem;
     r->br_entries = entries;
     r->pbuf_base = base;
     r->pbuf_size = size;
+    r->pbuf_refs = refs;
+    r->pbuf_fill = fill;
+    r->pbuf_inc = incremental ? 1 : 0;
     io_uring_buf_ring_init(r->br);
     int mask = io_uring_buf_ring_mask(entries);
-    for (unsigned i = 0; i < entries; i++)
+    for (unsigned i = 0; i < entries; i++) {
         io_uring_buf_ring_add(r->br, base + (size_t)i * size, size, (unsigned short)i, mask, (int)i);
+        refs[i] = 1;
+    }
     io_uring_buf_ring_advance(r->br, (int)entries);
     return 0;
 }
 
-/* Give buffer `bid` back to the kernel (its data was delivered). */
-static void fw_pbuf_recycle(fw_ring *r, unsigned bid)
+/* A CQE with IORING_CQE_F_BUFFER: account its chunk (res > 0 bytes lent to the caller, who
+   releases it with fw_pbuf_release) and return where its data starts in the buffer memory. */
+static uint32_t fw_pbuf_take(fw_ring *r, uint32_t flags, int32_t res)
 {
-    io_uring_buf_ring_add(r->br, r->pbuf_base + (size_t)bid * r->pbuf_size, r->pbuf_size,
-                          (unsigned short)bid, io_uring_buf_ring_mask(r->br_entries), 0);
-    io_uring_buf_ring_advance(r->br, 1);
+    unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+    uint32_t off = (uint32_t)((size_t)bid * r->pbuf_size + r->pbuf_fill[bid]);
+    if (res > 0) {
+        r->pbuf_refs[bid]++;
+        r->pbuf_lent++;
+        if (r->pbuf_inc) r->pbuf_fill[bid] += (uint32_t)res;
+    }
+    if (!(flags & IORING_CQE_F_BUF_MORE)) r->pbuf_refs[bid]--;   /* the kernel is done with it */
+    if (!r->pbuf_refs[bid]) {
+        r->pbuf_refs[bid] = 1;
+        r->pbuf_fill[bid] = 0;
+        io_uring_buf_ring_add(r->br, r->pbuf_base + (size_t)bid * r->pbuf_size, r->pbuf_size,
+                              (unsigned short)bid, io_uring_buf_ring_mask(r->br_entries), 0);
+        io_uring_buf_ring_advance(r->br, 1);
+    }
+    return off;
 }
 
-/* Give `n` buffers back with one tail update (Python passes a list: cffi makes the array). */
+/* Release `n` chunks (their buffer ids); buffers nobody uses any more go back with one tail
+   update. Python passes a list: cffi makes the array. */
 static void fw_pbuf_recycle_many(fw_ring *r, uint16_t *bids, unsigned n)
 {
     int mask = io_uring_buf_ring_mask(r->br_entries);
-    for (unsigned i = 0; i < n; i++)
-        io_uring_buf_ring_add(r->br, r->pbuf_base + (size_t)bids[i] * r->pbuf_size, r->pbuf_size,
-                              bids[i], mask, (int)i);
-    io_uring_buf_ring_advance(r->br, (int)n);
+    int added = 0;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned bid = bids[i];
+        r->pbuf_lent--;
+        if (--r->pbuf_refs[bid]) continue;
+        r->pbuf_refs[bid] = 1;
+        r->pbuf_fill[bid] = 0;
+        io_uring_buf_ring_add(r->br, r->pbuf_base + (size_t)bid * r->pbuf_size, r->pbuf_size,
+                              (unsigned short)bid, mask, added++);
+    }
+    if (added) io_uring_buf_ring_advance(r->br, added);
+}
+
+static void fw_pbuf_recycle(fw_ring *r, unsigned bid)
+{
+    uint16_t b = (uint16_t)bid;
+    fw_pbuf_recycle_many(r, &b, 1);
 }
 
 /* An SQE with room for `need` (the op plus its linked timeout), or NULL: the caller flushes. */
@@ -715,13 +776,6 @@ static inline void fw_emit(fw_ring *r, struct fw_stream *s, uint32_t kind, int32
     e->kind = kind;
 }
 
-static inline void fw_recycle_one(fw_ring *r, unsigned bid)
-{
-    io_uring_buf_ring_add(r->br, r->pbuf_base + (size_t)bid * r->pbuf_size, r->pbuf_size,
-                          (unsigned short)bid, io_uring_buf_ring_mask(r->br_entries), 0);
-    io_uring_buf_ring_advance(r->br, 1);
-}
-
 static void fw_stream_fail(fw_ring *r, struct fw_stream *s, int32_t res)
 {
     s->dead = 1;
@@ -761,12 +815,12 @@ static void fw_stream_recv_cqe(fw_ring *r, struct fw_stream *s, struct io_uring_
     int more = c->flags & IORING_CQE_F_MORE;
     if (!more) s->recv_armed = 0;
     if (c->flags & IORING_CQE_F_BUFFER) {
-        unsigned bid = c->flags >> IORING_CQE_BUFFER_SHIFT;
+        uint32_t off = fw_pbuf_take(r, c->flags, res);
         if (res > 0 && s->state == FW_S_OPEN) {
-            r->lent[r->nlent++] = (uint16_t)bid;
-            fw_emit(r, s, FW_SEV_DATA, res, bid * r->pbuf_size);
-        } else {
-            fw_recycle_one(r, bid);
+            r->lent[r->nlent++] = (uint16_t)(c->flags >> IORING_CQE_BUFFER_SHIFT);
+            fw_emit(r, s, FW_SEV_DATA, res, off);
+        } else if (res > 0) {
+            fw_pbuf_recycle(r, c->flags >> IORING_CQE_BUFFER_SHIFT);
         }
     }
     if (s->state != FW_S_OPEN) { fw_stream_maybe_free(r, s); return; }
@@ -791,11 +845,7 @@ static void fw_stream_recv_cqe(fw_ring *r, struct fw_stream *s, struct io_uring_
 static void fw_streams_turn(fw_ring *r)
 {
     if (r->nlent) {
-        int mask = io_uring_buf_ring_mask(r->br_entries);
-        for (unsigned i = 0; i < r->nlent; i++)
-            io_uring_buf_ring_add(r->br, r->pbuf_base + (size_t)r->lent[i] * r->pbuf_size,
-                                  r->pbuf_size, r->lent[i], mask, (int)i);
-        io_uring_buf_ring_advance(r->br, (int)r->nlent);
+        fw_pbuf_recycle_many(r, r->lent, r->nlent);
         r->nlent = 0;
     }
     unsigned n = r->nstarved;
@@ -851,7 +901,10 @@ static int fw_reap_cqes(fw_ring *r, fw_cqe *out, unsigned cap)
                 uint32_t slot = (uint32_t)(ud & 0xFFFFFF);
                 struct fw_stream *s = slot < r->nstreams ? &r->streams[slot] : NULL;
                 if (!s || s->state == FW_S_FREE || s->gen != (uint32_t)((ud & FW_SID_MASK) >> 24)) {
-                    if (c->flags & IORING_CQE_F_BUFFER) fw_recycle_one(r, c->flags >> IORING_CQE_BUFFER_SHIFT);
+                    if (c->flags & IORING_CQE_F_BUFFER) {   /* nobody to deliver to: release */
+                        fw_pbuf_take(r, c->flags, c->res);
+                        if (c->res > 0) fw_pbuf_recycle(r, c->flags >> IORING_CQE_BUFFER_SHIFT);
+                    }
                 } else if (ud & FW_UD_STREAM_SEND) {
                     fw_stream_send_cqe(r, s, c->res);
                 } else {
@@ -862,6 +915,7 @@ static int fw_reap_cqes(fw_ring *r, fw_cqe *out, unsigned cap)
             out[n].user_data = ud;
             out[n].res = c->res;
             out[n].flags = c->flags;
+            out[n].off = (c->flags & IORING_CQE_F_BUFFER) ? fw_pbuf_take(r, c->flags, c->res) : 0;
             n++;
         }
         io_uring_cq_advance(&r->ring, got);

@@ -78,6 +78,7 @@ import structlog
 from framework.io.backends.base import (
     _EMPTY,
     _LATENCY_SAMPLE,
+    PROVIDED_BUFFER_SIZE,
     Operation,
     QueuedProvider,
     SocketEntry,
@@ -103,8 +104,8 @@ NOT_BUILT_REASON = (
 )
 
 _CQE_BATCH = 256  # CQEs reaped per FFI call
-_CQE_SIZE = 16  # fw_cqe: u64 user_data, i32 res, u32 flags
-_CQE_FORMAT = "QiI"
+_CQE_SIZE = 24  # fw_cqe: u64 user_data, i32 res, u32 flags, u32 off (ring data), u32 pad
+_CQE_FORMAT = "QiIII"
 _SEV_BATCH = 512  # stream events per reap (fw_sev: u64 sid, i32 res, u32 off, u32 kind, u32 pad)
 _SEV_SIZE = 24
 _SEV_FORMAT = "QiIII"
@@ -115,6 +116,9 @@ _SHUTDOWN_WAIT_S = 5.0
 _CANCEL_ERRNOS = (errno.ECANCELED, errno.EINTR)
 _SQ_FULL = -errno.EBUSY  # what a fw_prep_* returns when the SQ has no room
 PROVIDED_BUFFER_COUNT = 1024  # buffers in the provided-buffer ring (a power of two <= 32768)
+# The default ring where the kernel consumes buffers incrementally: 2 MiB in all, a small
+# message takes only its own bytes (and so do the RSS pages it touches).
+_INCREMENTAL_RING = (64, 32768)
 _PARKED = object()  # Operation.token of a provided recv waiting in user space for ring buffers
 _NO_STREAM = object()  # a stream slot's context while no stream is open there (None is a context)
 
@@ -272,7 +276,9 @@ class IoUringProvider(QueuedProvider):
         ffi, lib = _uring.ffi, _uring.lib
         sq = 1 << max(1, (self._cq_size - 1).bit_length())  # power of two >= max_completion_queue_size
         sq = min(sq, 4096)
-        cq = min(max(2 * sq, 4096), 65536)
+        # Room for a completion per connection: a multishot receive that finds the CQ full ends
+        # (no F_MORE) and must be armed again.
+        cq = min(max(2 * sq, 4096, 1 << (2 * self._max_connections - 1).bit_length()), 65536)
         err = ffi.new("int *")
         ring = lib.fw_ring_new(sq, cq, err)
         if ring == ffi.NULL:
@@ -315,13 +321,23 @@ class IoUringProvider(QueuedProvider):
         """Register the provided-buffer ring; without it (kernel < 5.19) the base class's pooled
         default serves recv_async_provided and "ProvidedBuffers" stays False."""
         count, size = self._pbuf_count, self._pbuf_size
-        mem = mmap.mmap(-1, count * size)
-        handle = self._ffi.from_buffer(mem)
-        rc = self._lib.fw_pbuf_setup(self._ring, count, handle, size)
-        self._ffi.release(handle)  # the kernel has the address; `mem` stays mapped while we live
-        if rc != 0:
+        # Incremental consumption first (6.12+): then the default is a few large buffers that
+        # the kernel fills message after message, across connections.
+        attempts = [(count, size, 1), (count, size, 0)]
+        if (count, size) == (PROVIDED_BUFFER_COUNT, PROVIDED_BUFFER_SIZE):
+            attempts[0] = (*_INCREMENTAL_RING, 1)
+        for count, size, incremental in attempts:
+            mem = mmap.mmap(-1, count * size)
+            handle = self._ffi.from_buffer(mem)
+            rc = self._lib.fw_pbuf_setup(self._ring, count, handle, size, incremental)
+            self._ffi.release(handle)  # the kernel has the address; `mem` stays mapped while we live
+            if rc == 0:
+                break
             mem.close()
+        else:
             return
+        self._pbuf_count = count
+        self._pbuf_size = size
         self._pbuf_mem = mem
         self._pbuf_view = memoryview(mem)
         self._pbuf_ring_size = size
@@ -487,17 +503,14 @@ class IoUringProvider(QueuedProvider):
             self._prep_provided(op)
         return op.op_id
 
-    def _provided_cqe(self, op: Operation, res: int, flags: int) -> None:
+    def _provided_cqe(self, op: Operation, res: int, flags: int, off: int) -> None:
         """A buffer-select recv finished with `res` >= 0 bytes (the poll loop inlines the common
         case: data in a ring buffer)."""
-        if flags & 1:  # IORING_CQE_F_BUFFER: the kernel took ring buffer flags >> 16
-            bid = flags >> 16
+        if flags & 1 and res:  # IORING_CQE_F_BUFFER: a chunk of ring buffer flags >> 16, at `off`
             self._ring_out += 1
-            if res:
-                off = bid * self._pbuf_ring_size
-                self._complete(op, _SUCCESS, res, 0, None, self._pbuf_view[off : off + res], bid)
-                return
-            self._release_leases([bid])  # EOF: nothing to deliver from it
+            self._complete(op, _SUCCESS, res, 0, None, self._pbuf_view[off : off + res], flags >> 16)
+            return
+        # EOF: the C reaper already accounted a buffer it may have consumed
         self._complete(op, _SUCCESS, res, 0, None, _EMPTY)
 
     def _park_starved(self, op: Operation) -> None:
@@ -792,34 +805,30 @@ class IoUringProvider(QueuedProvider):
         n = lib.fw_submit_wait_reap(ring, timeout_ms, self._cqes, _CQE_BATCH)
         pending = self._pending
         complete = self._complete
-        pview, psize = self._pbuf_view, self._pbuf_ring_size
+        pview = self._pbuf_view
         ready_append = self._ready.append
         sent_ok = 0
         while True:
             if n < 0:
                 self._completed += sent_ok
                 raise OSError(-n, f"io_uring_enter: {os.strerror(-n)}")
-            for ud, res, flags in struct.iter_unpack(_CQE_FORMAT, view[: n * _CQE_SIZE]):
+            for ud, res, flags, off, _ in struct.iter_unpack(_CQE_FORMAT, view[: n * _CQE_SIZE]):
                 op = pending.get(ud)
                 if op is None:
                     self._internal_cqe(ud, res, flags)
                     continue
-                if res < 0:
-                    if flags & 1:  # an error that still consumed a ring buffer: give it back
-                        self._ring_out += 1
-                        self._release_leases([flags >> 16])
+                if res < 0:  # (a ring buffer it consumed was accounted by the C reaper)
                     self._op_failed(op, -res)
                     continue
                 t = op.op_type
                 if t is _RECV:
                     if op.buf is not None:
                         complete(op, _SUCCESS, res, 0)
-                    elif flags & 1 and res:  # provided: data in ring buffer flags >> 16
+                    elif flags & 1 and res:  # provided: a chunk of ring buffer flags >> 16 at `off`
                         self._ring_out += 1
-                        off = (flags >> 16) * psize
                         complete(op, _SUCCESS, res, 0, None, pview[off : off + res], flags >> 16)
                     else:
-                        self._provided_cqe(op, res, flags)
+                        self._provided_cqe(op, res, flags, off)
                 elif t is _SEND:
                     done = op.done + res
                     if done == len(op.buf):  # the common case: all written; _complete inlined
@@ -1152,6 +1161,7 @@ class IoUringProvider(QueuedProvider):
                 "stream_rearms": ring.stream_rearms,
                 "stream_enobufs": ring.stream_enobufs,
                 "stream_short_sends": ring.stream_short_sends,
+                "provided_incremental": bool(ring.pbuf_inc),
             }
         counters.update(
             {
