@@ -108,11 +108,12 @@ class FrameDecoder:
     """Incremental frame splitter. `feed(data, out)` appends each complete frame's decoded payload
     to `out` and returns the number of complete frames (heartbeats included)."""
 
-    __slots__ = ("_buf", "_decode", "max_frame_size")
+    __slots__ = ("_buf", "_decode", "_raw", "max_frame_size")
 
     def __init__(self, max_frame_size: int, decode: Callable[[memoryview], Any] = raw_payload) -> None:
         self.max_frame_size = max_frame_size
         self._decode = decode
+        self._raw = decode is raw_payload
         self._buf = bytearray()
 
     @property
@@ -123,7 +124,8 @@ class FrameDecoder:
     def feed(self, data: bytes | bytearray | memoryview, out: list[Any]) -> int:
         buf = self._buf
         if not buf:
-            mv = data if isinstance(data, memoryview) else memoryview(data)
+            # Raw codec: copy the read once; every payload is then a slice of immutable bytes.
+            mv = bytes(data) if self._raw else data if isinstance(data, memoryview) else memoryview(data)
             used, frames = self._split(mv, out)
             if used < len(mv):
                 buf += mv[used:]
@@ -137,13 +139,15 @@ class FrameDecoder:
         self._check_pending_header()
         return frames
 
-    def _split(self, mv: memoryview, out: list[Any]) -> tuple[int, int]:
-        """Decode complete frames from the start of `mv`; returns (bytes used, frames)."""
+    def _split(self, mv: memoryview | bytes, out: list[Any]) -> tuple[int, int]:
+        """Decode complete frames from the start of `mv`; returns (bytes used, frames). Given
+        `bytes` (the raw codec), payloads are its slices as they are."""
         pos = 0
         end = len(mv)
         frames = 0
         limit = self.max_frame_size
         decode = self._decode
+        direct = type(mv) is bytes
         append = out.append
         while end - pos >= HEADER_SIZE:
             (n,) = _unpack_header(mv, pos)
@@ -154,7 +158,7 @@ class FrameDecoder:
                 break
             frames += 1
             if n:
-                append(decode(mv[pos + HEADER_SIZE : stop]))
+                append(mv[pos + HEADER_SIZE : stop] if direct else decode(mv[pos + HEADER_SIZE : stop]))
             pos = stop
         return pos, frames
 
