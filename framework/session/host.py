@@ -967,6 +967,7 @@ class SessionHost:
             "idle_timeouts": self.idle_timeouts,
             "recv_deferred": self.recv_deferred,
             "provided_buffers": self._provided,
+            "streams": self._streams,
             "backend": provider.name if provider is not None else None,
         }
         if self.pool is not None:

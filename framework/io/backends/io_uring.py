@@ -39,17 +39,30 @@ Facts about io_uring that shaped this module:
   but the table holds a reference to the file: a registered socket closed without `unregister_socket`
   would stay open (no FIN to the peer). So they are opt-in: `set_option("fixed_files", True)`.
 - Provided buffers (`recv_async_provided`, 5.19+): one buffer ring (`io_uring_register_buf_ring`,
-  then `io_uring_buf_ring_add`/`_advance`, all in liburing 2.3) of `provided_buffer_count` buffers
-  of `provided_buffer_size` bytes (default 1024 x 16 KiB) in one anonymous mmap, so untouched
+  then `io_uring_buf_ring_add`/`_advance`, all in liburing 2.3) in one anonymous mmap, so untouched
   buffers cost no RSS. IORING_OP_RECV with IOSQE_BUFFER_SELECT takes a buffer only when data is
   there (a recv that has to wait gives it back before arming its poll), so an idle connection
-  holds none. The CQE has IORING_CQE_F_BUFFER and the buffer id in flags >> 16; the data is
-  delivered as a memoryview into that buffer, which goes back to the ring (tail advance) at the next
-  `process_completions`, after its delivery. An empty ring fails the recv with -ENOBUFS: the
-  operation then waits in user space (its deadline on the base heap) and is submitted again as
-  soon as buffers come back; it is never failed for that. A 0-byte (EOF) CQE may still have
-  consumed a buffer: it is given back at once. Ring memory is Python-owned (an mmap object that
-  outstanding memoryviews keep alive), the ring is unregistered only after every CQE arrived.
+  holds none. The CQE has IORING_CQE_F_BUFFER and the buffer id in flags >> 16.
+- Incremental consumption (IOU_PBUF_RING_INC, 6.12+; the flag is newer than liburing 2.3's headers
+  and is set by hand): the kernel fills a buffer piece by piece, receive after receive, across
+  sockets, and flags a CQE with F_BUF_MORE while it keeps the buffer. A few large buffers (default
+  64 x 32 KiB) then serve thousands of connections' small messages: with one small buffer per
+  receive, 10,000 busy connections emptied a 1,024-buffer ring every turn. The C reaper computes
+  where each chunk starts (it tracks each buffer's fill in CQE order) and counts references: a
+  buffer goes back to the ring when the kernel is done with it and every chunk delivered from it was
+  released (after its delivery, at the next `process_completions`). Older kernels reject the flag;
+  the ring is then one buffer per receive (1024 x 16 KiB) with the same accounting. An empty ring
+  fails a recv with -ENOBUFS: the operation waits in user space (its deadline on the base heap) and
+  is submitted again as soon as buffers come back; it is never failed for that.
+- Streams (feature "Streams", 6.0+; see provider.py): one multishot receive
+  (IORING_RECV_MULTISHOT + buffer select) stays armed per connection and posts a CQE per arrival
+  while it keeps IORING_CQE_F_MORE. It ends on EOF, an error, an empty ring (-ENOBUFS) or a CQ with
+  no room for its next CQE; the last two are armed again at the next submission, so the CQ is sized
+  for a completion per connection. Sends are copied into a per-stream C buffer and issued one at a
+  time in order; the C reaper finishes short sends and moves the queue up itself, so a stream costs
+  Python nothing per send and one tuple per arrival. Stream requests carry the stream's generation
+  in their user_data and closed slots are reused only from the next reap, so a late CQE never
+  reaches a newer stream in the same slot.
 - In-flight requests also hold a file reference; closing a socket does not end its operations. That is
   why unregistering (or re-registering a reused fd number) cancels them explicitly.
 - `post()` from another thread writes an eventfd that has a read SQE pending, so a blocked enter
