@@ -1002,7 +1002,8 @@ class SessionHost:
 
     # ------------------------------------------------------------------ the loop
     def run_once(self, timeout_ms: int | None = None) -> int:
-        """One loop turn; returns the number of completions processed. Loop thread only."""
+        """One loop turn; returns the number of operation completions processed (stream arrivals
+        and events are not counted). Loop thread only."""
         if timeout_ms is None:
             timeout_ms = self._poll_ms
         if self._ready_tasks or self._dirty:

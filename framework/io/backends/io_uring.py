@@ -828,6 +828,8 @@ class IoUringProvider(QueuedProvider):
             for ud, res, flags, off, _ in struct.iter_unpack(_CQE_FORMAT, view[: n * _CQE_SIZE]):
                 op = pending.get(ud)
                 if op is None:
+                    if flags & 1 and res > 0:  # ring data nobody waits for: release the chunk
+                        self._lib.fw_pbuf_recycle(ring, flags >> 16)
                     self._internal_cqe(ud, res, flags)
                     continue
                 if res < 0:  # (a ring buffer it consumed was accounted by the C reaper)
