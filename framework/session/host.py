@@ -859,10 +859,12 @@ class SessionHost:
 
     # ------------------------------------------------------------------ flush
     def _flush(self) -> None:
-        if self._streams:
-            self._flush_streams()
-            return
+        """Each dirty session's queued frames leave in one gathered write: handed to its stream
+        (the provider writes them in order and reports what is still unsent, for the high-water
+        check) or, without streams, one send operation at a time."""
         dirty = self._dirty
+        streams = self._streams
+        stream_send = self._stream_send
         send_async = self.provider.send_async
         on_send = self._on_send
         now = self.now
@@ -881,49 +883,27 @@ class SessionHost:
                 frames += len(out)
             out.clear()
             session._out_bytes = 0
-            session._inflight = len(data)
-            session._sending = True
             session._last_send = now
             ctx = session._ctx
+            if streams:
+                n = len(data)
+                session.bytes_out += n
+                self.bytes_out += n
+                unsent = stream_send(ctx.stream, data)
+                if unsent < 0:
+                    self._abort_session(session, "send error: " + describe(map_errno(-unsent)))
+                    continue
+                session._inflight = unsent
+                if session._state == CLOSING or session._paused:
+                    self._watch_stream(session)
+                continue
+            session._inflight = len(data)
+            session._sending = True
             if send_async(session._sock, data, on_send, ctx):
                 ctx.pending += 1
             else:
                 session._sending = False
                 self._abort_session(session, "send could not be posted")
-        self.frames_out += frames
-        dirty.clear()
-
-    def _flush_streams(self) -> None:
-        """Each dirty session's queued frames go to its stream in one call; the provider writes
-        them in order. The unsent figure it returns feeds the high-water check."""
-        dirty = self._dirty
-        stream_send = self._stream_send
-        now = self.now
-        frames = 0
-        for session in dirty:
-            session._dirty = False
-            out = session._out
-            if not out or not 0 < session._state < CLOSED:
-                continue
-            if len(out) == 1:
-                data = out[0]
-                frames += 1
-            else:
-                data = b"".join(out)
-                frames += len(out)
-            out.clear()
-            session._out_bytes = 0
-            session._last_send = now
-            n = len(data)
-            session.bytes_out += n
-            self.bytes_out += n
-            unsent = stream_send(session._ctx.stream, data)
-            if unsent < 0:
-                self._abort_session(session, "send error: " + describe(map_errno(-unsent)))
-                continue
-            session._inflight = unsent
-            if session._state == CLOSING or session._paused:
-                self._watch_stream(session)
         self.frames_out += frames
         dirty.clear()
 
