@@ -42,6 +42,21 @@ Facts that shaped the shared part:
   "short" for the drained-edge logic below, exactly like a plain recv shorter than its buffer.
 - Buffer registration is user-space only (the base class pins buffers by id); the kernel is not
   told, so "BufferRegistration" is False and "UserBufferRegistration" is True.
+- Streams (feature "Streams", as uvloop runs a transport): the socket's edge-triggered read
+  interest is the "receive that stays armed". On a read edge the loop `recv_into`s ONE
+  provider-wide buffer (64 KiB, or `provided_buffer_size` when set) until EAGAIN (on epoll until a
+  short read, see above) and hands `view[:n]` to `on_data`: no operation, result, callback or
+  allocation per read. At most `_STREAM_READS` reads per socket per turn (fairness); a socket cut
+  short, and one just opened (its edge may have been spent before the stream existed), is read
+  again at the next turn, which then does not block. `stream_send` tries `send` at once when
+  nothing is queued (usually all of it goes); the rest is copied into a per-stream bytearray
+  (created only then: an idle stream holds no send memory) and written on write edges, one
+  `send` per edge (a short write means the buffer is full, an edge follows). The stream's state
+  lives in the socket record (five slots); its id is `serial << 32 | fd`, so a lookup is the
+  registration table's and a stale id (closed stream, reused fd) never matches. Handlers run only
+  inside `process_completions`: an error met inside `stream_send` (which returns -errno) is queued
+  as STREAM_ERROR for the next turn, and a pending event or read makes that turn's wait a poll.
+  One STREAM_ERROR per stream at most: it stops sending (and, for a receive error, receiving).
 
 Timeouts and cancellation: the op leaves its socket's queue and completes with the given status;
 a timed-out op is Status.TIMEOUT with error_code ErrorCode.CONNECTION_TIMEOUT (set by the base
@@ -52,15 +67,17 @@ the stream then lacks the rest, so a caller that cancels a partial send should c
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import socket
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import Any, ClassVar
 
-from framework.io.backends.base import Operation, QueuedProvider, SocketEntry
-from framework.io.provider import OpType, SendOperation, Status
+from framework.io.backends.base import Operation, QueuedProvider, SocketEntry, as_memoryview, log
+from framework.io.errors import map_errno
+from framework.io.provider import STREAM_DRAINED, STREAM_EOF, STREAM_ERROR, OpType, SendOperation, Status
 
 _sysconf = getattr(os, "sysconf", None)
 try:
@@ -72,6 +89,13 @@ _PROVIDED_READ = 65536  # bytes asked for by one provided-buffer recv (see the m
 _CONNECT_PENDING = (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN)
 # A connection that died between the SYN queue and accept(); the next one may be fine.
 _ACCEPT_RETRY = (errno.ECONNABORTED, errno.EPROTO, errno.EINTR)
+# Streams: the shared read buffer's default size, reads per socket per turn, the id layout, and
+# the bits of a stream's `sflags`.
+_STREAM_READ = 65536
+_STREAM_READS = 16
+_SID_FD = 0xFFFFFFFF
+_S_RECV_ENDED = 1  # EOF or a receive error: no more reads
+_S_FAILED = 2  # STREAM_ERROR reported (or queued): sends refused, queue dropped
 
 
 class ReadinessSocket(SocketEntry):
@@ -79,7 +103,8 @@ class ReadinessSocket(SocketEntry):
     posted. It is the provider's SocketEntry itself (`state` points back at it while registered:
     one object per connection instead of two). An empty deque costs ~760 bytes, which every idle
     connection would carry: the send and accept queues are created on first use, and the receive
-    queue is a list (a socket rarely has more than one recv waiting)."""
+    queue is a list (a socket rarely has more than one recv waiting), also created on first use.
+    The `s*` slots are the socket's stream (see the module docstring); `sid` 0 means none."""
 
     __slots__ = (
         "accept_stalled",
@@ -88,7 +113,12 @@ class ReadinessSocket(SocketEntry):
         "connect_op",
         "drained",
         "recvq",
+        "sctx",
         "sendq",
+        "sflags",
+        "sid",
+        "sout",
+        "swatch",
     )
 
     def __init__(self, sock: socket.socket, context: Any, fd: int = -1) -> None:
@@ -96,14 +126,20 @@ class ReadinessSocket(SocketEntry):
         self.drained = False  # the last read was short: wait for the next read edge
         # FIN or error reported, or not a byte stream: never trust a short read (always try first)
         self.always_try = sock.type != socket.SOCK_STREAM
-        # A list: almost always 0 or 1 waiting recv, and an empty list costs 56 bytes.
-        self.recvq: list[Operation] = []
+        # A list: almost always 0 or 1 waiting recv; None until the first one waits (an empty list
+        # costs 56 bytes, and a stream's socket never queues a recv).
+        self.recvq: list[Operation] | None = None
         self.sendq: deque[Operation] | None = None
         self.acceptq: deque[Operation] | None = None
         # The last accept() failed (EMFILE ...) with connections still waiting: the edge that
         # announced them is spent, so the next posted accept must try the syscall itself.
         self.accept_stalled = False
         self.connect_op: Operation | None = None
+        self.sid = 0  # the open stream's id
+        self.sctx: Any = None  # its context
+        self.sout: bytearray | None = None  # its unsent bytes, in order; None when all went out
+        self.swatch = -1  # STREAM_DRAINED wanted when unsent <= swatch; -1: none
+        self.sflags = 0  # _S_* bits
 
 
 class ReadinessProvider(QueuedProvider):
@@ -128,6 +164,19 @@ class ReadinessProvider(QueuedProvider):
         self._events = 0
         self._sendmsg_calls = 0
         self._partial_writes = 0
+        # streams: the handlers, the one read buffer every stream shares (allocated with the first
+        # stream), streams to read at the next turn, events queued outside a turn (flat:
+        # socket, stream id, kind, code, ...)
+        self._on_stream_data: Any = None
+        self._on_stream_event: Any = None
+        self._streams_off = False
+        self._stream_read_size = _STREAM_READ
+        self._sbuf: bytearray | None = None
+        self._sview: memoryview | None = None
+        self._sretry: list[ReadinessSocket] = []
+        self._sev: list[Any] = []
+        self._stream_serial = itertools.count(1)
+        self._streams_open = 0
 
     # ------------------------------------------------------------------ kernel hooks
     def _open_kernel(self) -> None:
@@ -186,7 +235,9 @@ class ReadinessProvider(QueuedProvider):
     def _backend_unregister(self, entry: SocketEntry) -> None:
         st = entry.state
         if st is not None:
-            st.recvq.clear()
+            if st.sid:
+                self.stream_close(st.sid)
+            st.recvq = None
             st.sendq = None
             st.acceptq = None
             st.connect_op = None
@@ -194,14 +245,23 @@ class ReadinessProvider(QueuedProvider):
         self._unwatch(entry.fd)
 
     def _backend_cancel_all(self) -> None:
-        """Nothing to wait for: no kernel request refers to user memory between syscalls."""
+        """Nothing to wait for: no kernel request refers to user memory between syscalls. Streams
+        close first: no stream handler runs once shutdown began."""
+        for entry in self._sockets.values():
+            if entry.state is not None and entry.state.sid:
+                self.stream_close(entry.state.sid)
+        self._sretry = []
+        self._sev = []
 
     # ------------------------------------------------------------------ operations
     def _backend_recv(self, op: Operation) -> None:
         st = op.entry.state
         q = st.recvq
         if q or st.drained:  # earlier recvs wait for an edge (FIFO), or the queue is known empty
-            q.append(op)
+            if q is None:
+                st.recvq = [op]
+            else:
+                q.append(op)
             return
         buf = op.buf
         try:
@@ -211,7 +271,7 @@ class ReadinessProvider(QueuedProvider):
             else:
                 n = op.sock.recv_into(buf)
         except BlockingIOError:
-            q.append(op)
+            st.recvq = [op]  # empty or None here (checked above)
             return
         except OSError as exc:
             self._fail(op, exc.errno or 0)
@@ -410,10 +470,18 @@ class ReadinessProvider(QueuedProvider):
             self._fail(op, err)
 
     def _backend_poll(self, timeout_ms: int) -> None:
+        if self._sretry or self._sev:
+            timeout_ms = 0  # stream handlers are owed a turn: the wait must not block
         self._waits += 1
         events = self._wait_events(timeout_ms)
-        if not events:
-            return
+        if events:
+            self._dispatch(events)
+        if self._sretry:
+            self._stream_retry()
+        if self._sev:
+            self._stream_queued_events()
+
+    def _dispatch(self, events: Sequence[tuple[int, int]]) -> None:
         self._events += len(events)
         sockets = self._sockets
         read_events = self.READ_EVENTS
@@ -430,11 +498,17 @@ class ReadinessProvider(QueuedProvider):
                 st.drained = False  # even with no recv queued: the next recv must try again
                 if ev & hangup_events:
                     st.always_try = True
-                if st.recvq:
-                    self._drain_recvs(st)
-                if st.acceptq:
-                    self._drain_accepts(st)
+                if st.sid:
+                    if not st.sflags & _S_RECV_ENDED:
+                        self._stream_read(st)
+                else:
+                    if st.recvq:
+                        self._drain_recvs(st)
+                    if st.acceptq:
+                        self._drain_accepts(st)
             if ev & write_events:
+                if st.sout is not None:
+                    self._stream_write(st)
                 if st.connect_op is not None:
                     self._finish_connect(st)
                 if st.sendq:
@@ -465,11 +539,218 @@ class ReadinessProvider(QueuedProvider):
     def _provided_capable(self) -> bool:
         return True
 
+    # ------------------------------------------------------------------ streams
+    def set_stream_handlers(
+        self, on_data: Callable[[Any, memoryview], Any], on_event: Callable[[Any, int, int], Any]
+    ) -> None:
+        self._on_stream_data = on_data
+        self._on_stream_event = on_event
+
+    def stream_open(self, sock: socket.socket, context: Any = None) -> int:
+        if not self._initialized or self._closed:
+            raise NotImplementedError(f"{self.name}: the provider is not initialized")
+        if self._on_stream_data is None:
+            raise NotImplementedError(
+                f"{self.name}: set_stream_handlers() must be called before stream_open()"
+            )
+        st = self._entry_for(sock)
+        if st is None:
+            self.last_error = "stream_open: socket is not registered"
+            return 0
+        if st.sid or st.recvq or sock.type != socket.SOCK_STREAM:
+            self.last_error = "stream_open: one stream per connected stream socket, with no recv pending"
+            return 0
+        if self._sbuf is None:
+            self._sbuf = bytearray(self._stream_read_size)
+            self._sview = memoryview(self._sbuf)
+        sid = st.sid = next(self._stream_serial) << 32 | st.fd
+        st.sctx = context
+        st.sout = None
+        st.swatch = -1
+        st.sflags = 0
+        self._streams_open += 1
+        self._sretry.append(st)  # data may be waiting already, its edge spent before the stream
+        return sid
+
+    def _stream(self, stream_id: int) -> ReadinessSocket | None:
+        st = self._sockets.get(stream_id & _SID_FD)
+        return st if st is not None and st.sid == stream_id and stream_id else None  # type: ignore[return-value]
+
+    def stream_send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
+        st = self._sockets.get(stream_id & _SID_FD)
+        if st is None or st.sid != stream_id or not stream_id:
+            return -errno.ENOTCONN
+        if st.sflags & _S_FAILED:
+            return -errno.EPIPE
+        out = st.sout
+        if out is not None:  # bytes wait for a write edge: these go behind them
+            out += data
+            return len(out)
+        if type(data) is not bytes:
+            data = as_memoryview(data)
+        want = len(data)
+        if not want:
+            return 0
+        try:
+            n = st.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            code = exc.errno or errno.EPIPE
+            self._stream_failed(st, code, True)
+            return -code
+        if n == want:
+            return 0
+        st.sout = bytearray(memoryview(data)[n:])  # the one copy: the caller may reuse `data`
+        self._partial_writes += 1
+        return want - n
+
+    def stream_queued(self, stream_id: int) -> int:
+        st = self._stream(stream_id)
+        if st is None:
+            return -errno.ENOTCONN
+        if st.sflags & _S_FAILED:
+            return -errno.EPIPE
+        return 0 if st.sout is None else len(st.sout)
+
+    def stream_watch(self, stream_id: int, low_water: int) -> bool:
+        st = self._stream(stream_id)
+        if st is None or st.sflags & _S_FAILED:
+            return True  # nothing will ever drain (the caller learns why elsewhere)
+        low = max(0, low_water)
+        if st.sout is None or len(st.sout) <= low:
+            st.swatch = -1
+            return True
+        st.swatch = low
+        return False
+
+    def stream_close(self, stream_id: int) -> None:
+        st = self._stream(stream_id)
+        if st is None:
+            return  # stale: never touch the socket's next stream
+        st.sid = 0
+        st.sctx = None
+        st.sout = None
+        st.swatch = -1
+        st.sflags = 0
+        self._streams_open -= 1
+        # Queued events and retries of the closed stream are skipped when their turn comes.
+
+    def _stream_read(self, st: ReadinessSocket) -> None:
+        """Read until EAGAIN (or a short read where that proves the queue empty), at most
+        `_STREAM_READS` times, handing each read to on_data."""
+        sid = st.sid
+        ctx = st.sctx
+        buf = self._sbuf
+        view = self._sview
+        size = len(buf)  # type: ignore[arg-type]
+        recv_into = st.sock.recv_into
+        on_data = self._on_stream_data
+        short_drains = self.SHORT_READ_DRAINS and not st.always_try
+        for _ in range(_STREAM_READS):
+            try:
+                n = recv_into(buf)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                st.sflags |= _S_RECV_ENDED
+                self._stream_failed(st, exc.errno or errno.EIO, False)
+                return
+            if not n:
+                st.sflags |= _S_RECV_ENDED
+                self._stream_emit(st, STREAM_EOF, 0)
+                return
+            self._delivered += 1
+            try:
+                on_data(ctx, view[:n])  # type: ignore[index]
+            except Exception:
+                self._callback_errors += 1
+                log.exception("stream handler raised", backend=self.name, kind=0)
+            if st.sid != sid:
+                return  # the handler closed the stream
+            if n < size and short_drains:
+                return  # epoll: emptied; the next arrival raises an edge
+        self._sretry.append(st)  # cut short for fairness: the edge is spent, read on next turn
+
+    def _stream_retry(self) -> None:
+        todo = self._sretry
+        self._sretry = []
+        for st in todo:
+            if st.sid and not st.sflags & _S_RECV_ENDED:
+                self._stream_read(st)
+
+    def _stream_write(self, st: ReadinessSocket) -> None:
+        """A write edge: send what is queued (one send; short means the buffer is full again)."""
+        out = st.sout
+        try:
+            n = st.sock.send(out)  # type: ignore[arg-type]
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._stream_failed(st, exc.errno or errno.EPIPE, False)
+            return
+        if n >= len(out):  # type: ignore[arg-type]
+            st.sout = None  # an idle stream keeps no send memory
+            left = 0
+        else:
+            del out[:n]  # type: ignore[index]  # CPython drops a bytearray's head without moving the rest
+            left = len(out)  # type: ignore[arg-type]
+            self._partial_writes += 1
+        if st.swatch >= 0 and left <= st.swatch:
+            st.swatch = -1
+            self._stream_emit(st, STREAM_DRAINED, 0)
+
+    def _stream_failed(self, st: ReadinessSocket, os_errno: int, queue: bool) -> None:
+        """Receiving or sending failed: sends are refused from now on; one STREAM_ERROR, queued
+        when we are inside stream_send (handlers run only inside process_completions)."""
+        st.sout = None
+        st.swatch = -1
+        if st.sflags & _S_FAILED:
+            return
+        st.sflags |= _S_FAILED
+        if queue:
+            self._sev += (st, st.sid, STREAM_ERROR, map_errno(os_errno))
+        else:
+            self._stream_emit(st, STREAM_ERROR, map_errno(os_errno))
+
+    def _stream_emit(self, st: ReadinessSocket, kind: int, code: int) -> None:
+        self._delivered += 1
+        try:
+            self._on_stream_event(st.sctx, kind, code)
+        except Exception:
+            self._callback_errors += 1
+            log.exception("stream handler raised", backend=self.name, kind=kind)
+
+    def _stream_queued_events(self) -> None:
+        while self._sev:  # a handler may queue more
+            sev = self._sev
+            self._sev = []
+            for i in range(0, len(sev), 4):
+                st = sev[i]
+                if st.sid == sev[i + 1]:  # still open (not closed since it was queued)
+                    self._stream_emit(st, sev[i + 2], sev[i + 3])
+
     # ------------------------------------------------------------------ options, features, stats
     def _features(self) -> frozenset[str]:
-        return super()._features() | {"UserBufferRegistration", "GatherSend", "EdgeTriggered"}
+        feats = super()._features() | {"UserBufferRegistration", "GatherSend", "EdgeTriggered"}
+        # Streams read into provider memory on arrival, as provided receives do: off with those.
+        if self._provided_on_arrival and not self._streams_off:
+            feats |= {"Streams"}
+        return feats
+
+    def set_option(self, name: str, value: Any) -> bool:
+        ok = super().set_option(name, value)
+        if ok and name == "provided_buffer_size":  # also the most one stream delivery carries
+            self._stream_read_size = value
+            if self._sbuf is not None:
+                self._sbuf = bytearray(value)
+                self._sview = memoryview(self._sbuf)
+        return ok
 
     def _backend_set_option(self, name: str, value: Any) -> bool:
+        if name == "streams":  # False: sessions use per-operation receives and sends
+            self._streams_off = not value
+            return True
         if name == "max_events":
             if not isinstance(value, int) or value <= 0:
                 return False
@@ -484,4 +765,5 @@ class ReadinessProvider(QueuedProvider):
             "sendmsg_calls": self._sendmsg_calls,
             "partial_writes": self._partial_writes,
             "provided_buffer_size": _PROVIDED_READ,  # what one provided recv asks for
+            "streams_open": self._streams_open,
         }
