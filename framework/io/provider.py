@@ -32,15 +32,17 @@ There is no operation, no `CompletionResult` and no callback per send or per rec
 - `set_stream_handlers(on_data, on_event)` once; then `stream_open(sock, context)` -> stream id.
 - `on_data(context, data)` for every arrival, in order; `data` is provider memory valid only until
   the handler returns (as `result.data` above).
-- `stream_send(id, data)` copies `data` into the stream's queue and returns the bytes not yet
-  written (this call's included), or -errno when the stream can no longer send. Sends go out in
-  call order; a short write is finished by the provider.
+- `stream_send(id, data)` takes `data` (the caller may reuse it at once) and returns the bytes not
+  yet written, this call's included (0: all written already, as a readiness backend's immediate
+  `send` usually manages), or -errno when the stream can no longer send. Sends go out in call
+  order; a short write is finished by the provider.
 - `on_event(context, kind, error_code)`: STREAM_EOF (the peer closed; receiving ended),
-  STREAM_ERROR (receiving or sending failed; `error_code` as in `CompletionResult`), or
-  STREAM_DRAINED, once per `stream_watch(id, low_water)` that returned False, when the unsent
-  bytes fell to `low_water`.
-- `stream_close(id)`: no handler runs for the stream again; queued bytes are dropped and what the
-  kernel holds is cancelled. Then unregister and close the socket as usual.
+  STREAM_ERROR (receiving or sending failed, at most once per stream; `error_code` as in
+  `CompletionResult`; sends are refused from then on), or STREAM_DRAINED, once per
+  `stream_watch(id, low_water)` that returned False, when the unsent bytes fell to `low_water`.
+- `stream_close(id)`: no handler runs for the stream again and queued bytes are dropped (io_uring
+  also cancels a send the kernel holds; on readiness backends bytes `send` already handed to the
+  kernel still go out). Then unregister and close the socket as usual.
 Handlers run inside `process_completions` (whose return value counts only `results`).
 """
 

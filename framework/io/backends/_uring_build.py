@@ -724,7 +724,7 @@ static int fw_stream_watch(fw_ring *r, uint64_t sid, uint32_t low)
 {
     struct fw_stream *s = fw_stream_of(r, sid);
     if (!s) return -ENOTCONN;
-    if (fw_unsent(s) <= (int64_t)low) { s->watch = FW_WATCH_OFF; return 1; }
+    if (s->dead || fw_unsent(s) <= (int64_t)low) { s->watch = FW_WATCH_OFF; return 1; }
     s->watch = low;
     return 0;
 }
@@ -776,9 +776,13 @@ static inline void fw_emit(fw_ring *r, struct fw_stream *s, uint32_t kind, int32
     e->kind = kind;
 }
 
+/* Receiving or sending failed: sends are refused from now on; one STREAM_ERROR per stream. */
 static void fw_stream_fail(fw_ring *r, struct fw_stream *s, int32_t res)
 {
+    if (s->dead) return;
     s->dead = 1;
+    s->qlen = 0;
+    s->watch = FW_WATCH_OFF;
     fw_emit(r, s, FW_SEV_ERROR, res, 0);
 }
 
