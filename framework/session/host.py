@@ -656,19 +656,11 @@ class SessionHost:
         if session._state != OPEN:
             self._post_recv(ctx, buf)  # closing: read and discard until EOF
             return
-        msgs: list[Any] = []
-        try:
-            frames = session._decoder.feed(result.data if buf is None else buf.view[:n], msgs)
-        except ProtocolError as exc:
+        msgs = self._decode(session, result.data if buf is None else buf.view[:n])
+        if msgs is None:
             if buf is not None:
                 self.pool.release(buf)
-            self.protocol_errors += 1
-            self._abort_session(session, f"protocol error: {exc}")
             return
-        if frames:
-            session._last_frame = self.now
-            session.frames_in += frames
-            self.frames_in += frames
         if buf is None:  # provided buffers: nothing on loan, nothing to size
             if self.provider.recv_async_provided(ctx.sock, self._recv_provided_cb, ctx):
                 ctx.pending += 1
@@ -738,19 +730,25 @@ class SessionHost:
         self.bytes_in += n
         if session._state != OPEN:
             return  # closing: read and discard until EOF
+        msgs = self._decode(session, data)
+        if msgs:
+            self._deliver(session, msgs)
+
+    def _decode(self, session: Session, data: memoryview) -> list[Any] | None:
+        """The messages complete in `data` (the decoder keeps an incomplete tail; frames are
+        counted), or None when a protocol error closed the session."""
         msgs: list[Any] = []
         try:
             frames = session._decoder.feed(data, msgs)
         except ProtocolError as exc:
             self.protocol_errors += 1
             self._abort_session(session, f"protocol error: {exc}")
-            return
+            return None
         if frames:
             session._last_frame = self.now
             session.frames_in += frames
             self.frames_in += frames
-        if msgs:
-            self._deliver(session, msgs)
+        return msgs
 
     def _on_stream_event(self, ctx: OpContext, kind: int, code: int) -> None:
         session = self.registry.resolve(ctx)

@@ -26,7 +26,7 @@ import itertools
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -179,6 +179,9 @@ class QueuedProvider(AsyncIOProvider):
         # Completions a backend handed straight to stream handlers during this call (no result
         # object): they end a blocking wait like results do.
         self._delivered = 0
+        # The two handlers every stream of this provider shares (backends with "Streams").
+        self._on_stream_data: Callable[[Any, memoryview], Any] | None = None
+        self._on_stream_event: Callable[[Any, int, int], Any] | None = None
         self._posted_count = 0
         self._poll_calls = 0  # kernel waits; the contract suite checks an idle loop does not spin
         # Provided-buffer receives: pooled buffers of pending default-path recvs (by op id), the
@@ -643,6 +646,13 @@ class QueuedProvider(AsyncIOProvider):
                     self._callback_errors += 1
                     log.exception("completion callback raised", backend=self.name, result=repr(result))
         return n
+
+    def set_stream_handlers(
+        self, on_data: Callable[[Any, memoryview], Any], on_event: Callable[[Any, int, int], Any]
+    ) -> None:
+        # Kept by every backend; only those reporting "Streams" open streams that use them.
+        self._on_stream_data = on_data
+        self._on_stream_event = on_event
 
     # ------------------------------------------------------------------ options, statistics
     def supports_feature(self, name: str) -> bool:

@@ -271,14 +271,12 @@ class IoUringProvider(QueuedProvider):
         self._batch_bufs: Any = None
         self._batch_lens: Any = None
         self._batch_uds: Any = None
-        # streams (feature "Streams"): per-slot contexts and the two handlers every stream shares
+        # streams (feature "Streams"): per-slot contexts (the handlers are the base class's)
         self._sevs: Any = None
         self._streams_off = False
         self._sev_view: memoryview | None = None
         self._stream_ctx: list[Any] = []
         self._stream_sock: list[_UringSocket | None] = []
-        self._on_stream_data: Callable[[Any, memoryview], Any] | None = None
-        self._on_stream_event: Callable[[Any, int, int], Any] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def _backend_open(self) -> None:
@@ -996,12 +994,6 @@ class IoUringProvider(QueuedProvider):
                 pass  # closed by a concurrent shutdown: nothing left to wake
 
     # ------------------------------------------------------------------ streams
-    def set_stream_handlers(
-        self, on_data: Callable[[Any, memoryview], Any], on_event: Callable[[Any, int, int], Any]
-    ) -> None:
-        self._on_stream_data = on_data
-        self._on_stream_event = on_event
-
     def stream_open(self, sock: socket.socket, context: Any = None) -> int:
         if self._sevs is None or self._on_stream_data is None or self._closed:
             raise NotImplementedError(self._streams_unavailable())

@@ -71,7 +71,7 @@ import itertools
 import os
 import socket
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import islice
 from typing import Any, ClassVar
 
@@ -164,11 +164,9 @@ class ReadinessProvider(QueuedProvider):
         self._events = 0
         self._sendmsg_calls = 0
         self._partial_writes = 0
-        # streams: the handlers, the one read buffer every stream shares (allocated with the first
+        # streams: the one read buffer every stream shares (allocated with the first
         # stream), streams to read at the next turn, events queued outside a turn (flat:
         # socket, stream id, kind, code, ...)
-        self._on_stream_data: Any = None
-        self._on_stream_event: Any = None
         self._streams_off = False
         self._stream_read_size = _STREAM_READ
         self._sbuf: bytearray | None = None
@@ -540,12 +538,6 @@ class ReadinessProvider(QueuedProvider):
         return True
 
     # ------------------------------------------------------------------ streams
-    def set_stream_handlers(
-        self, on_data: Callable[[Any, memoryview], Any], on_event: Callable[[Any, int, int], Any]
-    ) -> None:
-        self._on_stream_data = on_data
-        self._on_stream_event = on_event
-
     def stream_open(self, sock: socket.socket, context: Any = None) -> int:
         if not self._initialized or self._closed:
             raise NotImplementedError(f"{self.name}: the provider is not initialized")
