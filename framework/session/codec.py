@@ -124,8 +124,16 @@ class FrameDecoder:
     def feed(self, data: bytes | bytearray | memoryview, out: list[Any]) -> int:
         buf = self._buf
         if not buf:
-            # Raw codec: copy the read once; every payload is then a slice of immutable bytes.
-            mv = bytes(data) if self._raw else data if isinstance(data, memoryview) else memoryview(data)
+            if self._raw:
+                # Copy the read once; every payload is then a slice of immutable bytes. The common
+                # case, exactly one whole frame, needs no splitting loop.
+                mv = bytes(data)
+                end = len(mv)
+                if end > HEADER_SIZE and _unpack_header(mv, 0)[0] == end - HEADER_SIZE <= self.max_frame_size:
+                    out.append(mv[HEADER_SIZE:])
+                    return 1
+            else:
+                mv = data if isinstance(data, memoryview) else memoryview(data)
             used, frames = self._split(mv, out)
             if used < len(mv):
                 buf += mv[used:]
