@@ -20,6 +20,11 @@ from framework.session import Server, Session
 
 WAIT_S = 15.0  # generous: the machine is shared and the CPU contended
 BACKENDS = available_backends()
+# The session host has two I/O paths: provider streams where the backend offers them, and one
+# operation per receive and send elsewhere (IOCP, RIO, the legacy adapter). Host suites run the
+# second one on Linux too through this variant: "<backend>-operations" = streams turned off.
+OPERATIONS = "-operations"
+SESSION_BACKENDS = [*BACKENDS, BACKENDS[0] + OPERATIONS] if BACKENDS else []
 HEADER = struct.Struct(">I")
 
 
@@ -27,6 +32,10 @@ def make_settings(backend: str, **sections: dict[str, Any]) -> Settings:
     """Defaults with port 0 on 127.0.0.1, the given backend without fallback, stats off, a small
     buffer pool; `sections` override fields per section, e.g. session={"idle_timeout_s": 1}."""
     base = load_settings()
+    options: dict[str, Any] = {}
+    if backend.endswith(OPERATIONS):
+        backend = backend[: -len(OPERATIONS)]
+        options = {"streams": False}
     updates: dict[str, dict[str, Any]] = {
         "server": {"hosts": ["127.0.0.1"], "port": 0},
         "io": {"backend": backend, "fallback": False, "max_connections": 2048, "poll_timeout_ms": 20},
@@ -36,6 +45,8 @@ def make_settings(backend: str, **sections: dict[str, Any]) -> Settings:
     }
     for name, fields in sections.items():
         updates.setdefault(name, {}).update(fields)
+    if options:
+        updates["io"]["options"] = {**options, **updates["io"].get("options", {})}
     data = base.model_dump()
     for name, fields in updates.items():
         data[name].update(fields)

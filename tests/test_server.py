@@ -13,7 +13,7 @@ import pytest
 from framework import Client, Server, Session
 from framework.session import ProtocolError, SessionId
 from tests.sessionkit import (
-    BACKENDS,
+    SESSION_BACKENDS,
     WAIT_S,
     FrameClient,
     frame,
@@ -28,7 +28,7 @@ from tests.sessionkit import (
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=SESSION_BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
