@@ -729,6 +729,25 @@ static int fw_stream_watch(fw_ring *r, uint64_t sid, uint32_t low)
     return 0;
 }
 
+/* Cancel what a closed stream still has in the kernel; -EBUSY when no SQE could be had. */
+static int fw_stream_cancel(fw_ring *r, struct fw_stream *s)
+{
+    uint64_t ud = FW_UD_STREAM_TAG | fw_sid(r, s);
+    if (s->recv_armed) {
+        struct io_uring_sqe *sqe = fw_get_or_submit(r);
+        if (!sqe) return -EBUSY;
+        io_uring_prep_cancel64(sqe, ud, 0);
+        fw_finish(r, sqe, 0, FW_UD_CANCEL, -1);
+    }
+    if (s->send_busy) {
+        struct io_uring_sqe *sqe = fw_get_or_submit(r);
+        if (!sqe) return -EBUSY;
+        io_uring_prep_cancel64(sqe, ud | FW_UD_STREAM_SEND, 0);
+        fw_finish(r, sqe, 0, FW_UD_CANCEL, -1);
+    }
+    return 0;
+}
+
 /* Stop the stream: its receive and a send in flight are cancelled, queued bytes dropped, and no
    event of it reaches Python again. The slot is freed when the kernel has returned both. */
 static int fw_stream_close(fw_ring *r, uint64_t sid)
@@ -740,20 +759,10 @@ static int fw_stream_close(fw_ring *r, uint64_t sid)
     free(s->qbuf);
     s->qbuf = NULL;
     s->qlen = s->qcap = 0;
-    uint64_t ud = FW_UD_STREAM_TAG | sid;
-    if (s->recv_armed) {
-        struct io_uring_sqe *sqe = fw_get_or_submit(r);
-        if (sqe) {
-            io_uring_prep_cancel64(sqe, ud, 0);
-            fw_finish(r, sqe, 0, FW_UD_CANCEL, -1);
-        }
-    }
-    if (s->send_busy) {
-        struct io_uring_sqe *sqe = fw_get_or_submit(r);
-        if (sqe) {
-            io_uring_prep_cancel64(sqe, ud | FW_UD_STREAM_SEND, 0);
-            fw_finish(r, sqe, 0, FW_UD_CANCEL, -1);
-        }
+    if (fw_stream_cancel(r, s) < 0 && !s->starved) {
+        /* no SQE to be had: try again at the next reap (the requests hold the socket open) */
+        s->starved = 1;
+        r->starved[r->nstarved++] = (int)(s - r->streams);
     }
     fw_stream_maybe_free(r, s);
     return 0;
@@ -861,7 +870,16 @@ static void fw_streams_turn(fw_ring *r)
             continue;
         }
         s->starved = 0;
-        if (s->state != FW_S_OPEN) { fw_stream_maybe_free(r, s); continue; }
+        if (s->state != FW_S_OPEN) {
+            /* closed while starved, or its cancel found no SQE: cancel (again), then free */
+            if ((s->recv_armed || s->send_busy) && fw_stream_cancel(r, s) < 0) {
+                s->starved = 1;
+                r->starved[r->nstarved++] = r->starved[i];
+                continue;
+            }
+            fw_stream_maybe_free(r, s);
+            continue;
+        }
         r->stream_rearms++;
         if (fw_stream_arm(r, s)) { s->recv_ended = 1; fw_stream_fail(r, s, -EBUSY); }
     }
