@@ -136,6 +136,85 @@ class Room(Session):
             room.broadcast({"said": msg})
 
 
+FLOOD_FRAMES = 300
+FLOOD_SIZE = 32 * 1024
+
+
+class Caster(Session):
+    """join -> enters the room; "reply+cast" -> a reply to the sender, then a room broadcast in
+    the same handler; "flood" -> FLOOD_FRAMES broadcasts of FLOOD_SIZE bytes, one per millisecond,
+    then "flooded" to the sender."""
+
+    paused: ClassVar[list[str]] = []
+    reasons: ClassVar[list[str]] = []
+
+    def on_message(self, msg: Any) -> None:
+        room = self.server.registry.group("room")
+        if msg == "join":
+            room.add(self)
+            self.send("joined")
+        elif msg == "reply+cast":
+            self.send("reply")
+            room.broadcast("cast")
+        elif msg == "flood":
+            sent = iter(range(FLOOD_FRAMES))
+
+            def tick() -> None:
+                i = next(sent, None)
+                if i is None:
+                    timer.cancel()
+                    self.send("flooded")
+                    return
+                room.broadcast_frame(b"%08d" % i + b"f" * (FLOOD_SIZE - 8))
+
+            timer = self.server.call_every(0.001, tick)
+
+    def on_pause_writing(self) -> None:
+        Caster.paused.append(str(self.id))
+
+    def on_disconnected(self, reason: str) -> None:
+        Caster.reasons.append(reason)
+
+
+def test_broadcast_keeps_each_members_order_and_closes_a_member_that_never_reads(backend: str) -> None:
+    """A member with a reply still queued gets the broadcast after it; a member that never reads
+    is paused at the high-water mark and closed as a slow consumer at the hard cap by broadcasts
+    alone, while the members that read get every frame in order."""
+    Caster.paused.clear()
+    Caster.reasons.clear()
+    session = {"write_high_water": 64 * 1024, "write_low_water": 16 * 1024, "write_hard_cap": 512 * 1024}
+    with running_server(make_settings(backend, session=session), Caster) as server:
+        readers = [FrameClient(server.addresses[0]) for _ in range(3)]
+        stuck = FrameClient(server.addresses[0], rcvbuf=4096)
+        for c in [*readers, stuck]:
+            c.send("join")
+            assert c.recv() == "joined"
+        readers[0].send("reply+cast")
+        assert readers[0].recv() == "reply"  # queued before the broadcast: it leaves first
+        for c in readers:
+            assert c.recv() == "cast"
+
+        got: dict[int, list[int]] = {}
+
+        def read_all(i: int) -> None:  # every reader reads at once, so only `stuck` backs up
+            got[i] = [int(readers[i].recv_frame()[:8]) for _ in range(FLOOD_FRAMES)]
+
+        threads = [threading.Thread(target=read_all, args=(i,)) for i in range(3)]
+        readers[1].send("flood")
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT_S)
+        assert all(got.get(i) == list(range(FLOOD_FRAMES)) for i in range(3))
+        assert readers[1].recv() == "flooded"
+        wait_for(lambda: "slow consumer" in Caster.reasons, what="the stuck member closed as a slow consumer")
+        assert Caster.reasons == ["slow consumer"]  # nobody else was closed
+        assert len(Caster.paused) == 1
+        assert stuck.closed_by_peer()
+        for c in readers:
+            c.close()
+
+
 def test_group_broadcast_reaches_every_member_exactly_once(backend: str) -> None:
     with running_server(make_settings(backend), Room) as server:
         members = [FrameClient(server.addresses[0]) for _ in range(20)]

@@ -358,6 +358,34 @@ def test_sends_queued_behind_one_in_flight_keep_call_order(make_rig, make_pair):
     assert rig.events == []
 
 
+def test_send_many_reaches_every_stream_and_flags_the_failed_and_the_backed_up(make_rig, make_pair):
+    """stream_send_many: one payload to several streams in one call; the returned indices are
+    exactly the streams that refused it (closed) or now hold more than high_water unsent."""
+    rig = make_rig()
+    fast = [make_pair() for _ in range(3)]
+    slow_ours, slow_peer = make_pair(sndbuf=32768, rcvbuf=32768)
+    closed_ours, _closed_peer = make_pair()
+    sids = [rig.open(ours, ("fast", i)) for i, (ours, _) in enumerate(fast)]
+    slow = rig.open(slow_ours, "slow")
+    gone = rig.open(closed_ours, "gone")
+    rig.p.stream_close(gone)
+    # The slow reader's stream is backed up first: 4 MiB it does not read.
+    rig.p.stream_send(slow, counter_bytes(1 << 20))
+    peers = [Peer(peer) for _, peer in fast]
+    ids = [sids[0], slow, sids[1], gone, sids[2]]
+    flagged = rig.p.stream_send_many(ids, b"broadcast!", 64 * 1024)
+    assert sorted(flagged) == [1, 3]  # the backed-up stream and the closed one
+    assert rig.p.stream_send_many(sids, b"again", 64 * 1024) == []
+
+    def step() -> None:
+        for pr in peers:
+            pr.read()
+
+    rig.pump(lambda: all(len(pr.got) >= 15 for pr in peers), step)
+    assert all(bytes(pr.got) == b"broadcast!again" for pr in peers)
+    Peer(slow_peer).sock.close()
+
+
 # ----------------------------------------------------------------------------- end of stream
 def test_peer_close_gives_data_then_exactly_one_eof(make_rig, make_pair):
     rig = make_rig()

@@ -36,6 +36,9 @@ There is no operation, no `CompletionResult` and no callback per send or per rec
   yet written, this call's included (0: all written already, as a readiness backend's immediate
   `send` usually manages), or -errno when the stream can no longer send. Sends go out in call
   order; a short write is finished by the provider.
+- `stream_send_many(ids, data, high_water)`: `stream_send` of one `data` to many streams in one
+  call (a broadcast); returns the indices (into `ids`) of the streams where it failed or whose
+  unsent bytes now exceed `high_water`, the only ones a caller has to look at again.
 - `on_event(context, kind, error_code)`: STREAM_EOF (the peer closed; receiving ended),
   STREAM_ERROR (receiving or sending failed, at most once per stream; `error_code` as in
   `CompletionResult`; sends are refused from then on), or STREAM_DRAINED, once per
@@ -266,6 +269,18 @@ class AsyncIOProvider(ABC):
 
     def stream_send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         raise NotImplementedError(f"{self.name} has no streams (check supports_feature('Streams'))")
+
+    def stream_send_many(
+        self, stream_ids: Sequence[int], data: bytes | bytearray | memoryview, high_water: int
+    ) -> list[int]:
+        """See the module docstring; backends may do it in one call into C."""
+        flagged = []
+        send = self.stream_send
+        for i, sid in enumerate(stream_ids):
+            unsent = send(sid, data)
+            if unsent < 0 or unsent > high_water:
+                flagged.append(i)
+        return flagged
 
     def stream_queued(self, stream_id: int) -> int:
         raise NotImplementedError(f"{self.name} has no streams (check supports_feature('Streams'))")

@@ -234,6 +234,7 @@ class SessionHost:
         if self._streams:
             provider.set_stream_handlers(self._on_stream_data, self._on_stream_event)
             self._stream_send = provider.stream_send
+            self.registry.fanout = self._fanout
         b = self.settings.buffers
         self.pool = BufferPool(
             provider,
@@ -781,6 +782,34 @@ class SessionHost:
                 self._watch_stream(session)
         elif session._paused and session._state == OPEN and not session._out:
             self._watch_stream(session)
+
+    def _fanout(self, sessions: list[Session], frame: bytes) -> int:
+        """A broadcast's open members with nothing queued: one provider call hands `frame` to all
+        their streams; only members it flags (failed, or over the high-water mark) are looked at
+        again. Returns how many took the frame."""
+        n = len(frame)
+        now = self.now
+        flagged = self.provider.stream_send_many([s._ctx.stream for s in sessions], frame, self._write_high)
+        for session in sessions:
+            session.frames_out += 1
+            session.bytes_out += n
+            session._last_send = now
+        took = len(sessions)
+        self.frames_out += took
+        self.bytes_out += n * took
+        for i in flagged:
+            session = sessions[i]
+            unsent = self.provider.stream_queued(session._ctx.stream)
+            if unsent < 0:
+                took -= 1
+                self._abort_session(session, "send error: " + describe(map_errno(-unsent)))
+                continue
+            session._inflight = unsent
+            if not session._over_high_water():  # closed as a slow consumer
+                took -= 1
+            elif session._paused:
+                self._watch_stream(session)
+        return took
 
     def _stream_unsent(self, session: Session) -> int:
         """Bytes handed to the provider and not yet written (the slow path of the high-water

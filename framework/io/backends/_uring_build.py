@@ -112,6 +112,8 @@ int fw_streams_init(fw_ring *r, unsigned n, fw_sev *sev, unsigned sev_cap);
 int64_t fw_stream_open(fw_ring *r, int fd);
 int64_t fw_stream_send(fw_ring *r, uint64_t sid, const char *data, size_t len);
 int64_t fw_stream_queued(fw_ring *r, uint64_t sid);
+unsigned fw_stream_send_many(fw_ring *r, uint64_t *sids, unsigned n, const char *data, size_t len,
+                             int64_t high, uint32_t *flagged);
 int fw_stream_watch(fw_ring *r, uint64_t sid, uint32_t low);
 int fw_stream_close(fw_ring *r, uint64_t sid);
 unsigned fw_streams_close_all(fw_ring *r);
@@ -709,6 +711,19 @@ static int64_t fw_stream_send(fw_ring *r, uint64_t sid, const char *data, size_t
     rc = fw_stream_submit_send(r, s);
     if (rc) return rc;
     return fw_unsent(s);
+}
+
+/* One `data` to `n` streams (a broadcast): the indices where it failed or whose unsent bytes now
+   exceed `high` go to `flagged`; returns how many. */
+static unsigned fw_stream_send_many(fw_ring *r, uint64_t *sids, unsigned n, const char *data, size_t len,
+                                    int64_t high, uint32_t *flagged)
+{
+    unsigned nf = 0;
+    for (unsigned i = 0; i < n; i++) {
+        int64_t unsent = fw_stream_send(r, sids[i], data, len);
+        if (unsent < 0 || unsent > high) flagged[nf++] = i;
+    }
+    return nf;
 }
 
 static int64_t fw_stream_queued(fw_ring *r, uint64_t sid)

@@ -1020,6 +1020,18 @@ class IoUringProvider(QueuedProvider):
             return -errno.ENOTCONN
         return self._lib.fw_stream_send(ring, stream_id, data, len(data))
 
+    def stream_send_many(
+        self, stream_ids: Sequence[int], data: bytes | bytearray | memoryview, high_water: int
+    ) -> list[int]:
+        if type(data) is not bytes:
+            data = bytes(data)
+        n = len(stream_ids)
+        if self._ring is None:
+            return list(range(n))
+        flagged = self._ffi.new("uint32_t[]", n)
+        nf = self._lib.fw_stream_send_many(self._ring, stream_ids, n, data, len(data), high_water, flagged)
+        return self._ffi.unpack(flagged, nf) if nf else []
+
     def stream_queued(self, stream_id: int) -> int:
         return self._lib.fw_stream_queued(self._ring, stream_id) if self._ring is not None else -errno.ENOTCONN
 
