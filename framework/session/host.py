@@ -838,9 +838,6 @@ class SessionHost:
         if session._task is None and not session._backlog:
             self._close_session(session, "peer closed")
 
-    def _error_reason(self, what: str, result: CompletionResult) -> str:
-        return _describe_failure(what, result.status, result.error_code)
-
     def _on_send(self, result: CompletionResult, ctx: OpContext) -> None:
         ctx.pending -= 1
         registry = self.registry  # resolve(), inlined as in _on_recv
@@ -853,7 +850,7 @@ class SessionHost:
         session._inflight = 0
         session._sending = False
         if result.status != _SUCCESS:
-            self._abort_session(session, self._error_reason("send", result))
+            self._abort_session(session, _describe_failure("send", result.status, result.error_code))
             return
         session.bytes_out += sent
         self.bytes_out += sent
@@ -878,7 +875,7 @@ class SessionHost:
             reason = "connect failed: " + (
                 "connection refused"
                 if result.error_code == ErrorCode.CONNECTION_REFUSED
-                else self._error_reason("connect", result)
+                else _describe_failure("connect", result.status, result.error_code)
             )
             self._finalize(session, reason)
             return

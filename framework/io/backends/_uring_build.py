@@ -44,7 +44,7 @@ typedef struct {
     uint64_t stream_enobufs;
     uint64_t stream_short_sends;
     unsigned pbuf_inc;       /* the buffer ring is consumed incrementally (IOU_PBUF_RING_INC) */
-    unsigned pbuf_lent;      /* ring buffers holding data not yet released */
+    unsigned pbuf_lent;      /* chunks of ring buffers delivered and not yet released */
 """
 
 CDEF = (

@@ -264,7 +264,6 @@ class IoUringProvider(QueuedProvider):
         self._pbuf_ring_size = 0  # buffer size of the registered ring
         self._starved: deque[Operation] = deque()  # provided recvs parked after -ENOBUFS
         self._enobufs = 0
-        self._ring_out = 0  # ring buffers the kernel filled whose data is not yet released
         # send_batch_async's argument arrays for fw_prep_send_batch, grown on demand
         self._batch_cap = 0
         self._batch_fds: Any = None
@@ -352,7 +351,6 @@ class IoUringProvider(QueuedProvider):
         self._pbuf_mem = mem
         self._pbuf_view = memoryview(mem)
         self._pbuf_ring_size = size
-        self._ring_out = 0
         self._provided_on_arrival = not self._provided_off
 
     def _setup_streams(self) -> bool:
@@ -514,20 +512,10 @@ class IoUringProvider(QueuedProvider):
             self._prep_provided(op)
         return op.op_id
 
-    def _provided_cqe(self, op: Operation, res: int, flags: int, off: int) -> None:
-        """A buffer-select recv finished with `res` >= 0 bytes (the poll loop inlines the common
-        case: data in a ring buffer)."""
-        if flags & 1 and res:  # IORING_CQE_F_BUFFER: a chunk of ring buffer flags >> 16, at `off`
-            self._ring_out += 1
-            self._complete(op, _SUCCESS, res, 0, None, self._pbuf_view[off : off + res], flags >> 16)
-            return
-        # EOF: the C reaper already accounted a buffer it may have consumed
-        self._complete(op, _SUCCESS, res, 0, None, _EMPTY)
-
     def _park_starved(self, op: Operation) -> None:
         """-ENOBUFS: wait in user space until ring buffers come back (never fail the recv)."""
         self._enobufs += 1
-        if self._ring_out < self._pbuf_count:
+        if self._ring.pbuf_lent < self._pbuf_count:
             # Buffers went back to the ring after the kernel found it empty: nothing would wake a
             # parked op, so submit it again now (with the next enter, never in a tight loop).
             self._prep_provided(op)
@@ -550,7 +538,6 @@ class IoUringProvider(QueuedProvider):
         n = len(leases)
         if n:
             self._lib.fw_pbuf_recycle_many(self._ring, leases, n)  # one tail update for all
-        self._ring_out -= n
         starved = self._starved
         while starved and n and not self._closed:
             op = starved.popleft()
@@ -838,10 +825,9 @@ class IoUringProvider(QueuedProvider):
                     if op.buf is not None:
                         complete(op, _SUCCESS, res, 0)
                     elif flags & 1 and res:  # provided: a chunk of ring buffer flags >> 16 at `off`
-                        self._ring_out += 1
                         complete(op, _SUCCESS, res, 0, None, pview[off : off + res], flags >> 16)
-                    else:
-                        self._provided_cqe(op, res, flags, off)
+                    else:  # provided, EOF (a buffer it consumed was accounted by the C reaper)
+                        complete(op, _SUCCESS, res, 0, None, _EMPTY)
                 elif t is _SEND:
                     done = op.done + res
                     if done == len(op.buf):  # the common case: all written; _complete inlined
@@ -1186,7 +1172,7 @@ class IoUringProvider(QueuedProvider):
             {
                 "multishot_accepts": self._multishot_accepts,
                 "short_sends": self._short_sends,
-                "provided_buffers_in_use": self._ring_out + self._pbuf_out,
+                "provided_buffers_in_use": (ring.pbuf_lent if ring is not None else 0) + self._pbuf_out,
                 "provided_buffer_count": self._pbuf_count if self._pbuf_view is not None else 0,
                 "provided_enobufs": self._enobufs,
                 "provided_parked": len(self._starved),
