@@ -75,6 +75,12 @@ class ServerSettings(_Section):
     reuse_port: bool = Field(
         default=True, description="Set SO_REUSEPORT on listening sockets (required when workers > 1)."
     )
+    memory_budget_bytes: int = Field(
+        default=256 * MiB,
+        ge=0,
+        description="All input and output buffered by a worker's sessions, at most; over it the largest "
+        "holders are closed first and a new large frame is refused (0 = no budget).",
+    )
 
     @field_validator("hosts")
     @classmethod
@@ -212,6 +218,30 @@ class SessionSettings(_Section):
         description="Queued outgoing bytes above which the session is closed as a slow consumer "
         "(>= write_high_water).",
     )
+    read_budget_frames: int = Field(
+        default=64,
+        ge=1,
+        description="Fairness: frames decoded and dispatched per session per loop turn, at most; the rest "
+        "waits undecoded while other sessions and timers get their turn.",
+    )
+    read_budget_bytes: int = Field(
+        default=65536,
+        ge=1,
+        description="Fairness: input bytes decoded per session per loop turn, at most (a larger frame is "
+        "still taken whole, one per turn).",
+    )
+    read_pause_bytes: int = Field(
+        default=262144,
+        ge=0,
+        description="Input waiting undecoded above which the session's reading pauses (it resumes under "
+        "half of it); its peer's bytes then wait in the kernel.",
+    )
+    slow_consumer_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A session over write_high_water whose peer takes no byte for this long is reset as "
+        "a slow consumer (0 = never; write_hard_cap still applies).",
+    )
     handler_errors: Literal["close", "keep"] = Field(
         default="close",
         description='An exception in a handler is logged; then "close" closes that session, "keep" keeps it.',
@@ -315,6 +345,7 @@ server:
   workers: 1
   backlog: 1024
   reuse_port: true
+  memory_budget_bytes: 268435456
 io:
   backend: auto
   fallback: true
@@ -341,6 +372,10 @@ session:
   write_high_water: 262144
   write_low_water: 65536
   write_hard_cap: 4194304
+  read_budget_frames: 64
+  read_budget_bytes: 65536
+  read_pause_bytes: 262144
+  slow_consumer_timeout_s: 30.0
   handler_errors: close
 shutdown:
   drain_timeout_s: 10.0

@@ -43,6 +43,12 @@ There is no operation, no `CompletionResult` and no callback per send or per rec
   STREAM_ERROR (receiving or sending failed, at most once per stream; `error_code` as in
   `CompletionResult`; sends are refused from then on), or STREAM_DRAINED, once per
   `stream_watch(id, low_water)` that returned False, when the unsent bytes fell to `low_water`.
+- `stream_pause_reading(id)` / `stream_resume_reading(id)`: flow control, as asyncio's
+  `pause_reading`/`resume_reading`. While paused the provider issues no read for the stream, so
+  the peer's bytes wait in the kernel and TCP's window pushes back on the sender. Bytes the
+  provider had already received may still reach `on_data` after the pause (io_uring: chunks the
+  kernel filled before its receive was cancelled); EOF and receive errors may be seen only after
+  the resume. Both are idempotent and return False for a closed stream.
 - `stream_close(id)`: no handler runs for the stream again and queued bytes are dropped (io_uring
   also cancels a send the kernel holds; on readiness backends bytes `send` already handed to the
   kernel still go out). Then unregister and close the socket as usual.
@@ -288,6 +294,12 @@ class AsyncIOProvider(ABC):
     def stream_watch(self, stream_id: int, low_water: int) -> bool:
         """True: the unsent bytes are already <= low_water (no event follows); False: one
         STREAM_DRAINED event will come."""
+        raise NotImplementedError(f"{self.name} has no streams (check supports_feature('Streams'))")
+
+    def stream_pause_reading(self, stream_id: int) -> bool:
+        raise NotImplementedError(f"{self.name} has no streams (check supports_feature('Streams'))")
+
+    def stream_resume_reading(self, stream_id: int) -> bool:
         raise NotImplementedError(f"{self.name} has no streams (check supports_feature('Streams'))")
 
     def stream_close(self, stream_id: int) -> None:

@@ -24,6 +24,7 @@ import msgpack
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
 MAX_U32 = 0xFFFFFFFF
+NO_LIMIT = 1 << 62  # feed/drain without a budget
 HEARTBEAT_FRAME = b"\x00\x00\x00\x00"
 
 _unpack_header = HEADER.unpack_from
@@ -121,7 +122,16 @@ class FrameDecoder:
         """Bytes of an incomplete frame held back for the next feed."""
         return len(self._buf)
 
-    def feed(self, data: bytes | bytearray | memoryview, out: list[Any]) -> int:
+    def feed(
+        self,
+        data: bytes | bytearray | memoryview,
+        out: list[Any],
+        max_frames: int = NO_LIMIT,
+        max_bytes: int = NO_LIMIT,
+    ) -> int:
+        """Decode complete frames of `data` (after any bytes held back) into `out`; returns how
+        many. At most `max_frames` frames, and no frame is started once `max_bytes` bytes were
+        used (the first one always is): the rest is held, undecoded, for `drain`."""
         buf = self._buf
         if not buf:
             if self._raw:
@@ -134,22 +144,52 @@ class FrameDecoder:
                     return 1
             else:
                 mv = data if isinstance(data, memoryview) else memoryview(data)
-            used, frames = self._split(mv, out)
+            used, frames = self._split(mv, out, max_frames, max_bytes)
             if used < len(mv):
                 buf += mv[used:]
                 self._check_pending_header()
             return frames
         buf += data
+        return self.drain(out, max_frames, max_bytes)
+
+    def drain(self, out: list[Any], max_frames: int = NO_LIMIT, max_bytes: int = NO_LIMIT) -> int:
+        """Decode frames held back (see `feed`'s limits) into `out`; returns how many."""
+        buf = self._buf
+        if not buf:
+            return 0
         with memoryview(buf) as mv:
-            used, frames = self._split(mv, out)
+            used, frames = self._split(mv, out, max_frames, max_bytes)
         if used:
-            del buf[:used]
+            del buf[:used]  # CPython drops a bytearray's head without moving the rest
         self._check_pending_header()
         return frames
 
-    def _split(self, mv: memoryview | bytes, out: list[Any]) -> tuple[int, int]:
-        """Decode complete frames from the start of `mv`; returns (bytes used, frames). Given
-        `bytes` (the raw codec), payloads are its slices as they are."""
+    def push(self, data: bytes | bytearray | memoryview) -> None:
+        """Hold `data` behind the bytes already held, undecoded (the caller's budget is spent)."""
+        self._buf += data
+        self._check_pending_header()
+
+    def has_frame(self) -> bool:
+        """A complete frame is held back (decodable by `drain`)."""
+        buf = self._buf
+        return len(buf) >= HEADER_SIZE and _unpack_header(buf, 0)[0] + HEADER_SIZE <= len(buf)
+
+    def pending_frame_size(self) -> int:
+        """The payload size the first held frame announces (0 before its header is complete)."""
+        buf = self._buf
+        return _unpack_header(buf, 0)[0] if len(buf) >= HEADER_SIZE else 0
+
+    def clear(self) -> int:
+        """Drop everything held; returns how many bytes that was."""
+        n = len(self._buf)
+        self._buf = bytearray()
+        return n
+
+    def _split(
+        self, mv: memoryview | bytes, out: list[Any], max_frames: int = NO_LIMIT, max_bytes: int = NO_LIMIT
+    ) -> tuple[int, int]:
+        """Decode complete frames from the start of `mv`, within the limits; returns (bytes used,
+        frames). Given `bytes` (the raw codec), payloads are its slices as they are."""
         pos = 0
         end = len(mv)
         frames = 0
@@ -157,7 +197,7 @@ class FrameDecoder:
         decode = self._decode
         direct = type(mv) is bytes
         append = out.append
-        while end - pos >= HEADER_SIZE:
+        while end - pos >= HEADER_SIZE and frames < max_frames and pos < max_bytes:
             (n,) = _unpack_header(mv, pos)
             if n > limit:
                 raise ProtocolError(f"frame of {n} bytes exceeds max_frame_size {limit}")

@@ -4,8 +4,10 @@ It owns the provider, the registry, the receive-buffer pool, the timer heap and 
 scheduler, and turns provider completions into session events. Only the provider contract is used
 (no backend-specific code), so every backend runs the same session layer.
 
-One loop turn: process_completions (callbacks below run inside it: decode, dispatch, re-post the
-receive) -> due timers -> runnable coroutines -> deferred receives (buffer backpressure) -> flush:
+One loop turn: process_completions (callbacks below run inside it: decode within the session's
+read budget, dispatch, re-post the receive) -> due timers -> runnable coroutines -> held input
+(sessions whose budget ran out, one budget each, round-robin) -> deferred receives (buffer
+backpressure) -> flush:
 every session with queued output gets one gathered send. A session keeps at most one send in flight,
 so frames stay in order and whatever is queued meanwhile leaves together in the next send.
 """
@@ -28,6 +30,7 @@ from framework.io.provider import STREAM_DRAINED, STREAM_EOF, AsyncIOProvider, C
 from framework.session.buffers import Buffer, BufferPool
 from framework.session.codec import HEARTBEAT_FRAME, FrameDecoder, ProtocolError, make_payload_decoder
 from framework.session.context import OpContext
+from framework.session.flow import Flow
 from framework.session.registry import SessionRegistry
 from framework.session.session import CLOSED, CLOSING, CONNECTING, OPEN, Session
 
@@ -176,6 +179,18 @@ class SessionHost:
         self._write_high = s.write_high_water
         self._write_low = s.write_low_water
         self._write_cap = s.write_hard_cap
+        # Fairness (docs/RELIABILITY.md): a session's frames decoded per loop turn, at most; input
+        # held beyond it waits undecoded and pauses reading over read_pause_bytes.
+        self._budget_frames = s.read_budget_frames
+        self._budget_bytes = s.read_budget_bytes
+        self._read_pause = s.read_pause_bytes
+        self._slow_timeout = float(s.slow_consumer_timeout_s)
+        self._memory_budget = settings.server.memory_budget_bytes
+        self._turn = 0
+        self._held_ready: deque[Session] = deque()  # sessions with held frames, served round-robin
+        self._in_bytes = 0  # input buffered by every decoder (partial frames and held frames)
+        self._out_acct = 0  # output of sessions over their high-water mark (Flow.out_acct)
+        self._memory_turn = -1
         self._idle_timeout = float(s.idle_timeout_s)
         self._heartbeat = float(s.heartbeat_interval_s)
         self._drain_timeout = float(settings.shutdown.drain_timeout_s)
@@ -206,6 +221,8 @@ class SessionHost:
         self.handler_errors = 0
         self.protocol_errors = 0
         self.slow_consumers = 0
+        self.read_pauses = 0
+        self.memory_sheds = 0
         self.idle_timeouts = 0
         self.recv_deferred = 0
         self.provider_failures = 0
@@ -245,7 +262,7 @@ class SessionHost:
             small_size=min(_SMALL_RECV_BUFFER, b.recv_buffer_size // 2),
         )
         self.now = _monotonic()
-        if self._idle_timeout > 0 or self._heartbeat > 0 or self._drain_timeout > 0:
+        if self._idle_timeout > 0 or self._heartbeat > 0 or self._drain_timeout > 0 or self._slow_timeout > 0:
             self.call_every(self._housekeeping_interval(), self._housekeeping)
         interval = float(self.settings.stats.interval_s)
         if interval > 0:
@@ -262,6 +279,8 @@ class SessionHost:
             candidates.append(self._heartbeat / 4)
         if self._drain_timeout > 0:
             candidates.append(self._drain_timeout / 8)
+        if self._slow_timeout > 0:
+            candidates.append(self._slow_timeout / 4)
         return max(0.02, min(candidates))
 
     def _decoder_for(self, session_class: type[Session]) -> FrameDecoder:
@@ -336,6 +355,7 @@ class SessionHost:
         task = Task(coro, session)
         if session is not None:
             session._task = task
+            self._flow(session).held = True  # later input waits undecoded until it finishes
         # First step runs now; the caller (a dispatch loop) continues with later messages itself.
         self._step(task, None, resumed=False)
 
@@ -375,11 +395,10 @@ class SessionHost:
             self._handler_failed(session, failed_in)
         # A task that finished later (resumed by the loop) lets queued messages through; one that
         # finished in its first step is followed by its caller's own loop (no recursion).
-        if resumed and session._state == OPEN and session._task is None:
-            if session._backlog:
-                self._drain_backlog(session)
-            if session._eof and session._task is None and session._state == OPEN:
-                self._close_session(session, "peer closed")  # the half-closed peer's last reply is out
+        if session._task is None and not session._backlog and session._state == OPEN:
+            self._unhold(session, resumed)
+        if resumed and session._state == OPEN and session._task is None and session._backlog:
+            self._drain_backlog(session)
 
     def _run_ready_tasks(self) -> None:
         ready = self._ready_tasks
@@ -393,6 +412,8 @@ class SessionHost:
         backlog = session._backlog
         while backlog and session._task is None and session._state == OPEN:
             self._dispatch_one(session, backlog.popleft())
+        if not backlog and session._task is None and session._state == OPEN:
+            self._unhold(session, True)
 
     # ------------------------------------------------------------------ handler calls
     def _call_handler(self, session: Session, fn: Callable[..., Any], *args: Any) -> None:
@@ -542,6 +563,11 @@ class SessionHost:
         session._close_deadline = self.now + self._drain_timeout
         session._backlog = ()
         self._closing.add(session)
+        flow = session._flow
+        if flow is not None:
+            self._drop_input(session, flow)
+            if flow.rpaused:
+                self._update_reading(session, flow)  # read (and discard) until the peer's EOF
         if not session._out and not session._sending:
             if self._streams and session._ctx.stream:
                 self._watch_stream(session)  # half-closes once the provider has written it all
@@ -596,6 +622,11 @@ class SessionHost:
         session._out.clear()
         session._backlog = ()
         session._out_bytes = 0
+        flow = session._flow
+        if flow is not None:
+            self._drop_input(session, flow)
+            self._out_acct -= flow.out_acct
+            flow.out_acct = 0
         task = session._task
         if task is not None:
             session._task = None
@@ -607,6 +638,13 @@ class SessionHost:
         log.debug("session closed", session=str(session.id), reason=reason)
         # Also after a failed outgoing connect, so bots learn why.
         self._call_handler(session, session.on_disconnected, reason)
+
+    def _drop_input(self, session: Session, flow: Flow) -> None:
+        """A closing session's buffered input is never decoded: free it (and its accounting)."""
+        flow.held = False
+        decoder = session._decoder
+        if decoder is not None:
+            self._in_bytes -= decoder.clear()
 
     def _release_ctx(self, ctx: OpContext) -> None:
         """No operation of a finished session is in flight: the socket and buffer can go."""
@@ -661,6 +699,14 @@ class SessionHost:
         if msgs is None:
             if buf is not None:
                 self.pool.release(buf)
+            return
+        flow = session._flow
+        if flow.rpaused:  # flow control: the next receive waits for _update_reading's resume
+            if buf is not None:
+                self.pool.release(buf)
+            flow.parked = True
+            if msgs:
+                self._deliver(session, msgs)
             return
         if buf is None:  # provided buffers: nothing on loan, nothing to size
             if self.provider.recv_async_provided(ctx.sock, self._recv_provided_cb, ctx):
@@ -719,7 +765,7 @@ class SessionHost:
     # ------------------------------------------------------------------ streams
     def _on_stream_data(self, ctx: OpContext, data: memoryview) -> None:
         """Bytes arrived on a session's stream (provider memory, valid only inside this call; the
-        decoder copies nothing but an incomplete tail, and messages own their bytes)."""
+        decoder copies nothing but an incomplete tail or held input, and messages own their bytes)."""
         registry = self.registry  # resolve(), inlined as in _on_recv
         slot = ctx.slot
         session = registry._sessions[slot] if registry._generations[slot] == ctx.generation else None
@@ -731,25 +777,172 @@ class SessionHost:
         self.bytes_in += n
         if session._state != OPEN:
             return  # closing: read and discard until EOF
+        flow = session._flow
+        if flow is not None and flow.held:
+            self._hold(session, flow, data)
+            return
         msgs = self._decode(session, data)
         if msgs:
             self._deliver(session, msgs)
 
+    def _flow(self, session: Session) -> Flow:
+        flow = session._flow
+        if flow is None:
+            flow = session._flow = Flow()
+        return flow
+
     def _decode(self, session: Session, data: memoryview) -> list[Any] | None:
-        """The messages complete in `data` (the decoder keeps an incomplete tail; frames are
-        counted), or None when a protocol error closed the session."""
+        """The messages complete in `data`, within the session's read budget for this turn (the
+        decoder keeps an incomplete tail, and holds what the budget leaves; frames are counted),
+        or None when the session was closed (a protocol error, the memory budget)."""
+        flow = session._flow
+        turn = self._turn
+        if flow is None:
+            flow = session._flow = Flow()
+        if flow.turn != turn:
+            flow.turn = turn
+            frames_left = self._budget_frames
+            bytes_left = self._budget_bytes
+        else:
+            frames_left = flow.frames_left
+            bytes_left = flow.bytes_left
+        decoder = session._decoder
+        before = len(decoder._buf)
         msgs: list[Any] = []
         try:
-            frames = session._decoder.feed(data, msgs)
+            frames = decoder.feed(data, msgs, frames_left, bytes_left)
         except ProtocolError as exc:
             self.protocol_errors += 1
             self._abort_session(session, f"protocol error: {exc}")
             return None
+        after = len(decoder._buf)
+        flow.frames_left = frames_left - frames
+        flow.bytes_left = bytes_left - (len(data) + before - after)
         if frames:
             session._last_frame = self.now
             session.frames_in += frames
             self.frames_in += frames
+        if before or after:  # the slow path: bytes are buffered (a partial frame, or held input)
+            self._buffered(session, flow, after - before, before == 0)
+            if session._state != OPEN:
+                return None
         return msgs
+
+    def _hold(self, session: Session, flow: Flow, data: memoryview) -> None:
+        """Input behind held input or a running ordered handler: kept undecoded, in order."""
+        try:
+            session._decoder.push(data)
+        except ProtocolError as exc:
+            self.protocol_errors += 1
+            self._abort_session(session, f"protocol error: {exc}")
+            return
+        self._buffered(session, flow, len(data), False)
+
+    def _buffered(self, session: Session, flow: Flow, grown: int, new_partial: bool) -> None:
+        """A session's decoder buffer changed by `grown` bytes: account it, queue held frames for
+        the next turns, pause reading over read_pause_bytes, and keep the memory budget."""
+        self._in_bytes += grown
+        decoder = session._decoder
+        if not flow.held and decoder.has_frame():  # the budget ran out with frames left
+            flow.held = True
+        if flow.held and not flow.queued and session._task is None and not session._backlog and not session._paused:
+            flow.queued = True
+            self._held_ready.append(session)
+        if grown > 0:
+            if flow.held and not flow.rpaused:
+                self._update_reading(session, flow)
+            budget = self._memory_budget
+            if budget and self._in_bytes + self._out_acct > budget:
+                if new_partial and not flow.held and decoder.pending_frame_size() > self._budget_bytes:
+                    # Over budget, a new large frame is refused before it grows any further.
+                    self.memory_sheds += 1
+                    self._abort_session(session, "memory budget exceeded: large frame refused")
+                    return
+                self._enforce_memory_budget()
+
+    def _unhold(self, session: Session, close_on_eof: bool) -> None:
+        """Nothing runs ahead of the session's input any more: held frames are queued for the next
+        turns, or input is decoded on arrival again (and a half-closed peer's session closes,
+        unless the caller is still dispatching a batch)."""
+        flow = session._flow
+        if flow is not None and flow.held:
+            if session._paused:
+                return  # output behind: _writing_resumed unholds
+            if session._decoder.has_frame():
+                if not flow.queued:
+                    flow.queued = True
+                    self._held_ready.append(session)
+                return
+            flow.held = False
+            if flow.rpaused:
+                self._update_reading(session, flow)
+        if close_on_eof and session._eof and session._state == OPEN:
+            self._close_session(session, "peer closed")  # the half-closed peer's last reply is out
+
+    def _serve_held(self) -> None:
+        """One read budget for each session with held frames, round-robin; sessions with frames
+        left go to the back of the queue, behind the others."""
+        ready = self._held_ready
+        turn = self._turn
+        budget_frames = self._budget_frames
+        budget_bytes = self._budget_bytes
+        for _ in range(len(ready)):
+            session = ready.popleft()
+            flow = session._flow
+            flow.queued = False
+            if session._state != OPEN or session._task is not None or session._backlog or session._paused:
+                continue  # closed; an ordered handler runs, or output is behind: their ends unhold
+            decoder = session._decoder
+            before = len(decoder._buf)
+            msgs: list[Any] = []
+            try:
+                frames = decoder.drain(msgs, budget_frames, budget_bytes)
+            except ProtocolError as exc:
+                self.protocol_errors += 1
+                self._abort_session(session, f"protocol error: {exc}")
+                continue
+            after = len(decoder._buf)
+            self._in_bytes += after - before
+            flow.turn = turn
+            flow.frames_left = budget_frames - frames
+            flow.bytes_left = budget_bytes - (before - after)
+            if frames:
+                session._last_frame = self.now
+                session.frames_in += frames
+                self.frames_in += frames
+            if msgs:
+                self._deliver(session, msgs)
+            if session._state == OPEN and session._task is None and not session._backlog:
+                self._unhold(session, True)
+            if flow.rpaused and session._state == OPEN:
+                self._update_reading(session, flow)
+
+    def _update_reading(self, session: Session, flow: Flow) -> None:
+        """Pause reading while held input exceeds read_pause_bytes (resume under half of it) or
+        the session's output is over its high-water mark (asyncio's pause_reading/resume_reading:
+        the peer's bytes wait in the kernel, and TCP pushes back on the sender)."""
+        if session._state == OPEN:
+            held = len(session._decoder._buf) if flow.held else 0
+            limit = self._read_pause // 2 if flow.rpaused else self._read_pause
+            want = session._paused or held > limit or (flow.held and not self._streams)
+        else:
+            want = False  # closing: read (and discard) until the peer's EOF
+        if want == flow.rpaused:
+            return
+        flow.rpaused = want
+        ctx = session._ctx
+        if self._streams:
+            if ctx.stream:
+                if want:
+                    self.read_pauses += 1
+                    self.provider.stream_pause_reading(ctx.stream)
+                else:
+                    self.provider.stream_resume_reading(ctx.stream)
+        elif want:
+            self.read_pauses += 1  # _on_recv parks the next receive
+        elif flow.parked:
+            flow.parked = False
+            self._post_recv(ctx, None)
 
     def _on_stream_event(self, ctx: OpContext, kind: int, code: int) -> None:
         session = self.registry.resolve(ctx)
@@ -773,8 +966,7 @@ class SessionHost:
         unsent = self.provider.stream_queued(session._ctx.stream)
         session._inflight = unsent if unsent > 0 else 0
         if session._paused and session._out_bytes + session._inflight <= self._write_low:
-            session._paused = False
-            self._call_handler(session, session.on_resume_writing)
+            self._writing_resumed(session)
         if session._state == CLOSING and not session._out:
             if unsent <= 0:
                 self._half_close(session)
@@ -782,6 +974,82 @@ class SessionHost:
                 self._watch_stream(session)
         elif session._paused and session._state == OPEN and not session._out:
             self._watch_stream(session)
+
+    def _output_behind(self, session: Session) -> None:
+        """The session's output is over its high-water mark (Session._over_high_water, after
+        on_pause_writing): its input waits undecoded and reading pauses until the output drains;
+        its queued bytes count toward the memory budget."""
+        flow = self._flow(session)
+        if flow.out_acct == 0:  # just went over: the slow-consumer clock starts
+            flow.written = -1
+            flow.progress_at = self.now
+        if session._state == OPEN:
+            flow.held = True
+            if not flow.rpaused:
+                self._update_reading(session, flow)
+        total = session._out_bytes + session._inflight
+        self._out_acct += total - flow.out_acct
+        flow.out_acct = total
+        budget = self._memory_budget
+        if budget and self._in_bytes + self._out_acct > budget:
+            self._enforce_memory_budget()
+
+    def _writing_resumed(self, session: Session) -> None:
+        """The output drained under the low-water mark: the producer and reading resume."""
+        session._paused = False
+        flow = session._flow
+        if flow is not None:
+            self._out_acct -= flow.out_acct
+            flow.out_acct = 0
+            if session._state == OPEN and session._task is None and not session._backlog:
+                self._unhold(session, True)
+            if flow.rpaused and session._state == OPEN:
+                self._update_reading(session, flow)
+        self._call_handler(session, session.on_resume_writing)
+
+    def _enforce_memory_budget(self) -> None:
+        """All buffered input and output is over server.memory_budget_bytes: close the largest
+        holders first until it is back under 90 % of the budget (at most one pass per turn; each
+        shed is counted and logged with its reason)."""
+        if self._memory_turn == self._turn:
+            return
+        self._memory_turn = self._turn
+        holders: list[tuple[int, Session]] = []
+        total_out = 0
+        over_high = 0
+        for session in self.registry:
+            decoder = session._decoder
+            held = len(decoder._buf) if decoder is not None else 0
+            out = session._out_bytes + (self._stream_unsent(session) if self._streams else session._inflight)
+            total_out += out
+            flow = session._flow
+            if flow is not None and flow.out_acct:
+                flow.out_acct = out
+                over_high += out
+            if held + out:
+                holders.append((held + out, session))
+        self._out_acct = over_high  # the estimate the triggers compare is exact again
+        total = self._in_bytes + total_out
+        budget = self._memory_budget
+        if total <= budget:
+            return
+        target = budget * 9 // 10
+        holders.sort(key=lambda h: h[0], reverse=True)
+        shed = 0
+        for size, session in holders:
+            if total <= target:
+                break
+            total -= size
+            shed += 1
+            self.memory_sheds += 1
+            self._abort_session(session, "memory budget exceeded")
+        log.warning(
+            "memory budget exceeded; largest sessions shed",
+            budget_bytes=budget,
+            shed=shed,
+            buffered_bytes=total,
+            memory_sheds_total=self.memory_sheds,
+        )
 
     def _fanout(self, sessions: list[Session], frame: bytes) -> int:
         """A broadcast's open members with nothing queued: one provider call hands `frame` to all
@@ -835,7 +1103,8 @@ class SessionHost:
         # The peer finished sending (it may still read: a half-close). Messages already received
         # are still handled - an async handler may be running - and their replies flushed; then
         # the session closes.
-        if session._task is None and not session._backlog:
+        flow = session._flow
+        if session._task is None and not session._backlog and (flow is None or not flow.held):
             self._close_session(session, "peer closed")
 
     def _on_send(self, result: CompletionResult, ctx: OpContext) -> None:
@@ -855,8 +1124,7 @@ class SessionHost:
         session.bytes_out += sent
         self.bytes_out += sent
         if session._paused and session._out_bytes <= session._write_low:
-            session._paused = False
-            self._call_handler(session, session.on_resume_writing)
+            self._writing_resumed(session)
         if session._out:
             if not session._dirty and session._state != CLOSED:
                 session._dirty = True
@@ -939,10 +1207,13 @@ class SessionHost:
                 self._finalize(session, session._close_reason)
         idle = self._idle_timeout
         beat = self._heartbeat
-        if idle <= 0 and beat <= 0:
+        slow = self._slow_timeout
+        if idle <= 0 and beat <= 0 and slow <= 0:
             return
         for session in self.registry:
             if session._state != OPEN:
+                continue
+            if session._paused and slow > 0 and self._slow_consumer(session, now, slow):
                 continue
             if idle > 0 and now - session._last_frame > idle:
                 self.idle_timeouts += 1
@@ -952,6 +1223,26 @@ class SessionHost:
                 session._last_send = now
                 session._queue(HEARTBEAT_FRAME)
                 session.frames_out -= 1
+
+    def _slow_consumer(self, session: Session, now: float, timeout: float) -> bool:
+        """A session over its high-water mark whose peer has taken no byte for `timeout` seconds
+        is reset (True). One that reads, however slowly, is only paused."""
+        flow = self._flow(session)
+        # bytes_out counts bytes handed to a stream (minus the unsent rest) or each completed send
+        written = session.bytes_out - (self._stream_unsent(session) if self._streams else 0)
+        if written != flow.written:
+            flow.written = written
+            flow.progress_at = now
+            return False
+        if now - flow.progress_at < timeout:
+            return False
+        self._abort_session(session, "slow consumer")
+        return True
+
+    @property
+    def loop_turn(self) -> int:
+        """The loop turn in progress (read budgets are per session and per turn)."""
+        return self._turn
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -968,6 +1259,10 @@ class SessionHost:
             "handler_errors": self.handler_errors,
             "protocol_errors": self.protocol_errors,
             "slow_consumers": self.slow_consumers,
+            "read_pauses": self.read_pauses,
+            "memory_sheds": self.memory_sheds,
+            "input_buffered_bytes": self._in_bytes,
+            "sessions_with_held_input": len(self._held_ready),
             "idle_timeouts": self.idle_timeouts,
             "recv_deferred": self.recv_deferred,
             "provided_buffers": self._provided,
@@ -1010,7 +1305,7 @@ class SessionHost:
         and events are not counted). Loop thread only."""
         if timeout_ms is None:
             timeout_ms = self._poll_ms
-        if self._ready_tasks or self._dirty:
+        if self._ready_tasks or self._dirty or self._held_ready:
             timeout_ms = 0
         elif self._timers:
             until = self._timers[0][0] - _monotonic()
@@ -1032,6 +1327,9 @@ class SessionHost:
             self._run_timers()
         if self._ready_tasks:
             self._run_ready_tasks()
+        self._turn += 1  # arrivals of the next process_completions share this turn's budgets
+        if self._held_ready:
+            self._serve_held()
         if self._starved and self.pool.available:
             self._resume_starved()
         if self._dirty:

@@ -18,6 +18,7 @@ from framework.session.context import OpContext, SessionId
 if TYPE_CHECKING:
     import socket
 
+    from framework.session.flow import Flow
     from framework.session.host import SessionHost, Task
     from framework.session.registry import Group
 
@@ -55,6 +56,7 @@ class Session:
         "_dirty_list",
         "_drained",
         "_eof",
+        "_flow",
         "_groups",
         "_host_ref",
         "_inflight",
@@ -106,6 +108,7 @@ class Session:
         self._ctx = OpContext(sid, host.registry, sock)
         self._state = state
         self._decoder = None
+        self._flow: Flow | None = None  # flow-control state, with the first decoded bytes
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._inflight = 0
@@ -264,4 +267,6 @@ class Session:
             self._paused = True
             if host is not None:
                 host._call_handler(self, self.on_pause_writing)
+        if host is not None:
+            host._output_behind(self)
         return True

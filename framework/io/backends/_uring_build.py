@@ -43,6 +43,7 @@ typedef struct {
     uint64_t stream_rearms;  /* multishot receives armed again (ENOBUFS, kernel-ended) */
     uint64_t stream_enobufs;
     uint64_t stream_short_sends;
+    uint64_t stream_pauses;  /* receives stopped by stream_pause_reading (flow control) */
     unsigned pbuf_inc;       /* the buffer ring is consumed incrementally (IOU_PBUF_RING_INC) */
     unsigned pbuf_lent;      /* chunks of ring buffers delivered and not yet released */
 """
@@ -116,6 +117,8 @@ unsigned fw_stream_send_many(fw_ring *r, uint64_t *sids, unsigned n, const char 
                              int64_t high, uint32_t *flagged);
 int fw_stream_watch(fw_ring *r, uint64_t sid, uint32_t low);
 int fw_stream_close(fw_ring *r, uint64_t sid);
+int fw_stream_pause_reading(fw_ring *r, uint64_t sid);
+int fw_stream_resume_reading(fw_ring *r, uint64_t sid);
 unsigned fw_streams_close_all(fw_ring *r);
 
 int fw_submit(fw_ring *r);
@@ -208,6 +211,7 @@ struct fw_stream {
     uint8_t starved;      /* on the starved list */
     uint8_t recv_ended;   /* EOF or error: never armed again */
     uint8_t dead;         /* a send failed: later sends are refused */
+    uint8_t rpaused;      /* reading paused: the receive is cancelled and not armed again */
     uint32_t watch;       /* DRAINED when unsent bytes <= watch; FW_WATCH_OFF: none wanted */
     char *sbuf;           /* the send in flight: sbuf[soff:slen] not yet confirmed */
     uint32_t soff, slen, scap;
@@ -783,6 +787,42 @@ static int fw_stream_close(fw_ring *r, uint64_t sid)
     return 0;
 }
 
+/* Flow control: stop receiving (the multishot receive is cancelled; chunks the kernel had
+   already filled still arrive, then its -ECANCELED end is not an error). The peer's further
+   bytes wait in the socket buffer, and TCP's window pushes back on the sender. */
+static void fw_stream_fail(fw_ring *r, struct fw_stream *s, int32_t res);
+
+static int fw_stream_pause_reading(fw_ring *r, uint64_t sid)
+{
+    struct fw_stream *s = fw_stream_of(r, sid);
+    if (!s) return -ENOTCONN;
+    if (s->rpaused) return 0;
+    s->rpaused = 1;
+    r->stream_pauses++;
+    if (s->recv_armed) {
+        struct io_uring_sqe *sqe = fw_get_or_submit(r);
+        if (!sqe) return -EBUSY;   /* still paused: the receive ends at its next re-arm */
+        io_uring_prep_cancel64(sqe, FW_UD_STREAM_TAG | fw_sid(r, s), 0);
+        fw_finish(r, sqe, 0, FW_UD_CANCEL, -1);
+    }
+    return 0;
+}
+
+/* Receive again: armed now, or (a cancel still in flight, or starved) from its end CQE or the
+   next reap. */
+static int fw_stream_resume_reading(fw_ring *r, uint64_t sid)
+{
+    struct fw_stream *s = fw_stream_of(r, sid);
+    if (!s) return -ENOTCONN;
+    if (!s->rpaused) return 0;
+    s->rpaused = 0;
+    if (s->recv_armed || s->recv_ended || s->starved) return 0;
+    r->stream_rearms++;
+    int rc = fw_stream_arm(r, s);
+    if (rc) { s->recv_ended = 1; fw_stream_fail(r, s, rc); }
+    return 0;
+}
+
 static unsigned fw_streams_close_all(fw_ring *r)
 {
     unsigned n = 0;
@@ -856,7 +896,10 @@ static void fw_stream_recv_cqe(fw_ring *r, struct fw_stream *s, struct io_uring_
     if (res == 0) {
         s->recv_ended = 1;
         fw_emit(r, s, FW_SEV_EOF, 0, 0);
-    } else if (res == -ENOBUFS || res > 0) {
+    } else if (res == -ECANCELED && s->rpaused) {
+        /* stopped by stream_pause_reading: resume arms it again */
+    } else if (res == -ENOBUFS || res > 0 || res == -ECANCELED) {
+        /* (-ECANCELED without rpaused: resumed while the pause's cancel was in flight) */
         /* out of ring buffers, or the kernel ended the multishot (e.g. a full CQ): arm again at
            the next reap, after this one's buffers went back */
         if (res == -ENOBUFS) r->stream_enobufs++;
@@ -895,6 +938,7 @@ static void fw_streams_turn(fw_ring *r)
             fw_stream_maybe_free(r, s);
             continue;
         }
+        if (s->rpaused) continue;   /* paused while starved: resume arms it */
         r->stream_rearms++;
         if (fw_stream_arm(r, s)) { s->recv_ended = 1; fw_stream_fail(r, s, -EBUSY); }
     }

@@ -1027,6 +1027,12 @@ class IoUringProvider(QueuedProvider):
         rc = self._lib.fw_stream_watch(self._ring, stream_id, max(0, low_water))
         return rc == 1 or rc < 0
 
+    def stream_pause_reading(self, stream_id: int) -> bool:
+        return self._ring is not None and self._lib.fw_stream_pause_reading(self._ring, stream_id) == 0
+
+    def stream_resume_reading(self, stream_id: int) -> bool:
+        return self._ring is not None and self._lib.fw_stream_resume_reading(self._ring, stream_id) == 0
+
     def stream_close(self, stream_id: int) -> None:
         # A stale id (the stream already closed) is refused by the C side's generation check, so
         # the context of the slot's next occupant is never touched.
@@ -1166,6 +1172,7 @@ class IoUringProvider(QueuedProvider):
                 "stream_rearms": ring.stream_rearms,
                 "stream_enobufs": ring.stream_enobufs,
                 "stream_short_sends": ring.stream_short_sends,
+                "stream_read_pauses": ring.stream_pauses,
                 "provided_incremental": bool(ring.pbuf_inc),
             }
         counters.update(

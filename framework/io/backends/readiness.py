@@ -96,6 +96,8 @@ _STREAM_READS = 16
 _SID_FD = 0xFFFFFFFF
 _S_RECV_ENDED = 1  # EOF or a receive error: no more reads
 _S_FAILED = 2  # STREAM_ERROR reported (or queued): sends refused, queue dropped
+_S_RPAUSED = 4  # reading paused (flow control): read edges are remembered, not served
+_S_READABLE = 8  # a read edge came while paused: read at the resume
 
 
 class ReadinessSocket(SocketEntry):
@@ -497,7 +499,9 @@ class ReadinessProvider(QueuedProvider):
                 if ev & hangup_events:
                     st.always_try = True
                 if st.sid:
-                    if not st.sflags & _S_RECV_ENDED:
+                    if st.sflags & _S_RPAUSED:
+                        st.sflags |= _S_READABLE  # the edge is spent: read at the resume
+                    elif not st.sflags & _S_RECV_ENDED:
                         self._stream_read(st)
                 else:
                     if st.recvq:
@@ -616,6 +620,24 @@ class ReadinessProvider(QueuedProvider):
         st.swatch = low
         return False
 
+    def stream_pause_reading(self, stream_id: int) -> bool:
+        st = self._stream(stream_id)
+        if st is None:
+            return False
+        st.sflags |= _S_RPAUSED
+        return True
+
+    def stream_resume_reading(self, stream_id: int) -> bool:
+        st = self._stream(stream_id)
+        if st is None:
+            return False
+        flags = st.sflags
+        if flags & _S_RPAUSED:
+            st.sflags = flags & ~(_S_RPAUSED | _S_READABLE)
+            if flags & _S_READABLE or not self.SHORT_READ_DRAINS:
+                self._sretry.append(st)  # bytes may wait and no edge will announce them again
+        return True
+
     def stream_close(self, stream_id: int) -> None:
         st = self._stream(stream_id)
         if st is None:
@@ -660,6 +682,9 @@ class ReadinessProvider(QueuedProvider):
                 log.exception("stream handler raised", backend=self.name, kind=0)
             if st.sid != sid:
                 return  # the handler closed the stream
+            if st.sflags & _S_RPAUSED:
+                st.sflags |= _S_READABLE  # the handler paused reading: the rest waits for resume
+                return
             if n < size and short_drains:
                 return  # epoll: emptied; the next arrival raises an edge
         self._sretry.append(st)  # cut short for fairness: the edge is spent, read on next turn
@@ -668,7 +693,11 @@ class ReadinessProvider(QueuedProvider):
         todo = self._sretry
         self._sretry = []
         for st in todo:
-            if st.sid and not st.sflags & _S_RECV_ENDED:
+            if not st.sid or st.sflags & _S_RECV_ENDED:
+                continue
+            if st.sflags & _S_RPAUSED:
+                st.sflags |= _S_READABLE  # cut short or opened with bytes waiting: read at resume
+            else:
                 self._stream_read(st)
 
     def _stream_write(self, st: ReadinessSocket) -> None:

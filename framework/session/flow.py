@@ -1,0 +1,38 @@
+"""Per-session flow-control state: the per-turn read budget, held input, paused reading, and
+what the memory budget and the slow-consumer timeout track.
+
+A session gets a `Flow` with its first decoded bytes (an idle connection keeps only the empty
+slot). The host (framework/session/host.py) owns the logic; this is the state it keeps apart from
+the Session's own fields, so a user subclass never sees or collides with it.
+"""
+
+from __future__ import annotations
+
+
+class Flow:
+    __slots__ = (
+        "bytes_left",
+        "frames_left",
+        "held",
+        "out_acct",
+        "parked",
+        "progress_at",
+        "queued",
+        "rpaused",
+        "turn",
+        "written",
+    )
+
+    def __init__(self) -> None:
+        self.turn = -1  # the loop turn frames_left / bytes_left belong to
+        self.frames_left = 0  # of this turn's read budget
+        self.bytes_left = 0
+        # Input goes to the decoder's hold, undecoded: the budget ran out with frames left, or an
+        # ordered async handler runs. Served round-robin, one budget per turn (host._serve_held).
+        self.held = False
+        self.queued = False  # in the host's round-robin queue of held sessions
+        self.rpaused = False  # reading paused (held input over read_pause_bytes, or output behind)
+        self.parked = False  # per-operation receives: the next receive waits for the resume
+        self.out_acct = 0  # output bytes counted in the host's memory total (sessions over high water)
+        self.written = -1  # bytes the peer had taken at the last slow-consumer check
+        self.progress_at = 0.0  # when it last took any
