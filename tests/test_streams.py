@@ -721,3 +721,49 @@ def test_streams_can_be_switched_off(new_provider, option):
         assert not p.supports_feature("Streams")
     finally:
         p.shutdown()
+
+
+def test_paused_reading_delivers_nothing_new_and_resume_delivers_the_rest_in_order(make_rig, make_pair):
+    """pause_reading: the provider stops reading (only bytes it already had may still come), the
+    peer's further bytes wait in the kernel; resume_reading delivers them, none lost, in order,
+    even though no new arrival announces them. Pause and resume are idempotent."""
+    rig = make_rig()
+    client, server = make_pair()
+    sid = rig.open(client, "p")
+    first = counter_bytes(1024)
+    server.sendall(first)
+    rig.pump(lambda: len(rig.data["p"]) >= len(first))
+    assert rig.p.stream_pause_reading(sid) and rig.p.stream_pause_reading(sid)
+    rig.settle()  # the pause takes effect (io_uring: its cancel completes)
+    had = len(rig.data["p"])
+    second = counter_bytes(4096, start=1024)
+    server.sendall(second)
+    rig.settle(10)
+    assert len(rig.data["p"]) == had  # paused: nothing new was read
+    assert rig.p.stream_resume_reading(sid) and rig.p.stream_resume_reading(sid)
+    rig.pump(lambda: len(rig.data["p"]) >= len(first) + len(second))
+    assert bytes(rig.data["p"]) == first + second
+    # a pause and resume within one turn keep the stream reading
+    rig.p.stream_pause_reading(sid)
+    rig.p.stream_resume_reading(sid)
+    third = counter_bytes(256, start=5120)
+    server.sendall(third)
+    rig.pump(lambda: len(rig.data["p"]) >= len(first) + len(second) + len(third))
+    assert bytes(rig.data["p"]) == first + second + third
+    assert rig.events == []
+
+
+def test_a_paused_stream_sees_the_peers_eof_after_resume(make_rig, make_pair):
+    rig = make_rig()
+    client, server = make_pair()
+    sid = rig.open(client, "e")
+    rig.p.stream_pause_reading(sid)
+    rig.settle()
+    server.sendall(b"last words")
+    server.close()
+    rig.settle(5)
+    assert rig.kinds("e") == []
+    rig.p.stream_resume_reading(sid)
+    rig.pump(lambda: rig.kinds("e") == [STREAM_EOF])
+    assert bytes(rig.data["e"]) == b"last words"
+    assert not rig.p.stream_pause_reading(sid + (1 << 40))  # an id never opened: refused

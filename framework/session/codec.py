@@ -160,7 +160,10 @@ class FrameDecoder:
         with memoryview(buf) as mv:
             used, frames = self._split(mv, out, max_frames, max_bytes)
         if used:
-            del buf[:used]  # CPython drops a bytearray's head without moving the rest
+            if used == len(buf):
+                self._buf = bytearray()  # emptied: give a flood's held megabytes back at once
+            else:
+                del buf[:used]  # CPython drops a bytearray's head without moving the rest
         self._check_pending_header()
         return frames
 
