@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: setup system-deps serve test lint fuzz soak bench loadtest clean
+.PHONY: setup system-deps serve test lint fuzz soak bench loadtest sanitize clean
 
 # liburing-dev lets the io_uring backend build; without it (or without apt) everything still
 # installs and the io_uring backend reports itself unavailable.
@@ -54,6 +54,16 @@ fuzz: $(STAMP)
 SOAK_SECONDS ?= 600
 soak: $(STAMP)
 	$(PY) -m loadtests.soak --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
+
+# The io_uring extension built with AddressSanitizer + UndefinedBehaviorSanitizer, then the suites
+# that drive its C (io_uring, streams, server); the normal build is put back whatever the result.
+SANITIZE_TESTS ?= tests/test_io_uring.py tests/test_streams.py tests/test_server.py
+sanitize: $(STAMP)
+	$(PY) framework/io/backends/_uring_build.py --sanitize
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		$(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS) $(PYTEST_ARGS); \
+		status=$$?; $(PY) framework/io/backends/_uring_build.py; exit $$status
 
 lint: $(STAMP)
 	$(PY) -m ruff check framework examples tests benchmarks loadtests

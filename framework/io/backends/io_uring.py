@@ -99,7 +99,15 @@ from framework.io.backends.base import (
     as_memoryview,
 )
 from framework.io.errors import BackendUnavailable, ErrorCode, map_errno
-from framework.io.provider import CompletionResult, OpType, SendOperation, Status
+from framework.io.provider import (
+    STREAM_DRAINED,
+    STREAM_EOF,
+    STREAM_ERROR,
+    CompletionResult,
+    OpType,
+    SendOperation,
+    Status,
+)
 
 try:  # import-safe on every OS: the extension exists only where liburing was found at install
     from framework.io.backends import _uring  # type: ignore[attr-defined]
@@ -108,6 +116,11 @@ except ImportError as _exc:  # pragma: no cover - depends on the machine
     _IMPORT_ERROR = str(_exc)
 else:
     _IMPORT_ERROR = ""
+    # fw_uring.h defines the stream event kinds the C reaper emits; they are the contract's.
+    _kinds = (_uring.lib.FW_SEV_EOF, _uring.lib.FW_SEV_ERROR, _uring.lib.FW_SEV_DRAINED)
+    if _kinds != (STREAM_EOF, STREAM_ERROR, STREAM_DRAINED):  # pragma: no cover - a build mismatch
+        _IMPORT_ERROR = f"_uring's stream event kinds {_kinds} differ from the provider contract's"
+        _uring = None
 
 log = structlog.get_logger("framework.io")
 
@@ -135,6 +148,8 @@ _INCREMENTAL_RING = (64, 32768)
 _PARKED = object()  # Operation.token of a provided recv waiting in user space for ring buffers
 _NO_STREAM = object()  # a stream slot's context while no stream is open there (None is a context)
 
+_SEV_DATA = _uring.lib.FW_SEV_DATA if _uring is not None else 0
+_CQE_F_BUFFER = _uring.lib.IORING_CQE_F_BUFFER if _uring is not None else 1  # the CQE carries a ring buffer
 _SUCCESS = Status.SUCCESS
 _RECV = OpType.RECV
 _SEND = OpType.SEND
@@ -813,7 +828,7 @@ class IoUringProvider(QueuedProvider):
             for ud, res, flags, off, _ in struct.iter_unpack(_CQE_FORMAT, view[: n * _CQE_SIZE]):
                 op = pending.get(ud)
                 if op is None:
-                    if flags & 1 and res > 0:  # ring data nobody waits for: release the chunk
+                    if flags & _CQE_F_BUFFER and res > 0:  # ring data nobody waits for: release the chunk
                         self._lib.fw_pbuf_recycle(ring, flags >> 16)
                     self._internal_cqe(ud, res, flags)
                     continue
@@ -824,7 +839,7 @@ class IoUringProvider(QueuedProvider):
                 if t is _RECV:
                     if op.buf is not None:
                         complete(op, _SUCCESS, res, 0)
-                    elif flags & 1 and res:  # provided: a chunk of ring buffer flags >> 16 at `off`
+                    elif flags & _CQE_F_BUFFER and res:  # provided: a chunk of ring buffer flags >> 16 at `off`
                         complete(op, _SUCCESS, res, 0, None, pview[off : off + res], flags >> 16)
                     else:  # provided, EOF (a buffer it consumed was accounted by the C reaper)
                         complete(op, _SUCCESS, res, 0, None, _EMPTY)
@@ -885,7 +900,7 @@ class IoUringProvider(QueuedProvider):
             if ctx is _NO_STREAM:  # closed by an earlier handler of this batch
                 continue
             try:
-                if kind == 0:
+                if kind == _SEV_DATA:
                     on_data(ctx, pview[off : off + res])
                 else:
                     on_event(ctx, kind, map_errno(-res) if res < 0 else 0)
