@@ -21,7 +21,7 @@ from typing import Any
 from examples.gameserver import protocol as p
 from examples.gameserver.client import GameClient, ServerError
 
-ROOM_PREFIX = "lt"  # load-test rooms; players never pick rooms other people opened
+ROOM_PREFIX = "lt"  # load-test rooms; rooms opened by anyone else (bots, people) are left alone
 DEFAULT_ROOM_SIZE = 8
 ROOM_SIZE_ENV = "GAME_ROOM_SIZE"
 ATTEMPTS = 6
