@@ -29,11 +29,13 @@ serve: $(STAMP)
 	$(PY) -m examples.gameserver $(if $(CONFIG),--config $(CONFIG),)
 
 # Load test: starts the game server, runs locust headless, writes reports/loadtest/, stops the server.
+# SPAWN (users started per second) defaults to USERS/10, at least 10. `make loadtest USERS=1000` is
+# the scale check.
 USERS ?= 50
-SPAWN ?= 10
+SPAWN ?=
 TIME  ?= 30s
 loadtest: $(STAMP)
-	$(PY) loadtests/run.py --users $(USERS) --spawn-rate $(SPAWN) --time $(TIME) $(if $(CONFIG),--config $(CONFIG),)
+	$(PY) loadtests/run.py --users $(USERS) $(if $(SPAWN),--spawn-rate $(SPAWN),) --time $(TIME) $(if $(CONFIG),--config $(CONFIG),)
 
 # Benchmarks against asyncio and uvloop (needs gcc and taskset; minutes). BENCH_ARGS=--quick for a smoke run.
 bench: $(STAMP)

@@ -5,7 +5,12 @@ runs users as gevent greenlets and monkeypatches `socket`, so blocking calls yie
 no asyncio loop is involved. Every task fires a locust request event (request_type "game") with its
 timing, or a failure with the reason:
 
-- connect, hello, join: the request until its reply (join picks a room with space or creates one);
+- connect, hello: the request until its reply;
+- join: from listing the rooms until `joined` (loadtests/rooms.py: a room with space, else a new one;
+  join with create, and on `room_full` / `too_many_rooms` list again and try another room);
+- join_retry_room_full, join_retry_too_many_rooms: one refused join that was retried. The server
+  answered correctly (someone took the seat or opened the last room first), so these count as
+  successes; they show how often players raced for seats;
 - move: a direction input until the first snapshot whose acknowledged input seq for this player
   reaches it, i.e. until the server's simulation has applied it (bounded by one tick + RTT);
 - chat: the chat line until it comes back in the room's broadcast;
@@ -13,13 +18,13 @@ timing, or a failure with the reason:
 
 Run headless (see loadtests/run.py and `make loadtest`):
     locust -f loadtests/locustfile.py --headless -u 20 -r 10 -t 10s --host 127.0.0.1:7777
-Environment: GAME_ROOM_SIZE (players a user aims for per room, default 8), GAME_TIMEOUT_S (seconds
-a reply may take before it counts as a failure, default 5).
+Environment: GAME_ROOM_SIZE (players a user aims for per room, default 8; a room may hold more when
+the server allows no new room), GAME_TIMEOUT_S (seconds a reply may take before it counts as a
+failure, default 5).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import random
@@ -36,11 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from locust import User, between, task
 
 from examples.gameserver.client import GameClient, ServerError
+from loadtests.rooms import join_room, retry_name, room_size_from_env
 
-ROOM_SIZE = int(os.environ.get("GAME_ROOM_SIZE", "8"))
+ROOM_SIZE = room_size_from_env()
 TIMEOUT = float(os.environ.get("GAME_TIMEOUT_S", "5"))
 REQUEST_TYPE = "game"
-_room_ids = itertools.count(1)
 
 
 def parse_host(host: str | None) -> tuple[str, int]:
@@ -70,10 +75,15 @@ class GamePlayer(User):
 
     # --- plumbing ------------------------------------------------------------------------------
     def _fire(self, name: str, started: float, length: int = 0, exception: Exception | None = None) -> None:
+        self._report(name, time.perf_counter() - started, length, exception)
+
+    def _report(
+        self, name: str, seconds: float, length: int = 0, exception: Exception | None = None
+    ) -> None:
         self.environment.events.request.fire(
             request_type=REQUEST_TYPE,
             name=name,
-            response_time=(time.perf_counter() - started) * 1000.0,
+            response_time=seconds * 1000.0,
             response_length=length,
             exception=exception,
             context={},
@@ -126,26 +136,13 @@ class GamePlayer(User):
             return False
         return self.room is not None or self._join()
 
-    def _pick_room(self) -> tuple[str, bool]:
-        assert self.client is not None
-        rooms = self.client.request({"type": "list_rooms"})["rooms"]
-        # A margin of two seats keeps concurrent joiners from racing each other into room_full.
-        candidates = [
-            r["name"]
-            for r in rooms
-            if r["name"].startswith("lt")
-            and r["name"] != self.room
-            and r["players"] < min(ROOM_SIZE, r["max_players"] - 2)
-        ]
-        if candidates:
-            return random.choice(candidates), False
-        return f"lt{os.getpid()}-{next(_room_ids)}", True
+    def _retried(self, code: str, room: str, seconds: float) -> None:
+        self._report(retry_name(code), seconds)
 
     def _join(self) -> bool:
         def join() -> dict[str, Any]:
             assert self.client is not None
-            room, create = self._pick_room()
-            return self.client.request({"type": "join", "room": room, "create": create})
+            return join_room(self.client, current=self.room, room_size=ROOM_SIZE, on_retry=self._retried)
 
         joined = self._timed("join", join)
         if joined is None:

@@ -602,3 +602,6 @@ def test_small_locust_run_has_zero_failures(tmp_path):
     for name in ("connect", "hello", "join", "move", "ping"):
         assert int(rows[name]["Request Count"]) > 0, name
     assert (tmp_path / "report.html").stat().st_size > 0
+    summary = (tmp_path / "summary.txt").read_text()
+    for line in ("server CPU: ", "locust CPU: ", "machine CPU: "):
+        assert line in summary and line in res.stdout, detail
