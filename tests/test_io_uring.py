@@ -8,9 +8,9 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import socket
 import subprocess
 import sys
-import socket
 import weakref
 from collections.abc import Iterator
 from typing import Any
