@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+__version__ = "0.2.0"
+
 _EXPORTS = {
     "Session": "framework.session.session",
     "Server": "framework.session.server",

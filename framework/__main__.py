@@ -141,6 +141,7 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `raon` console script and `python -m framework`: parse `argv` and run the verb."""
     parser = argparse.ArgumentParser(prog="python -m framework", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="serve a Session subclass")
