@@ -79,7 +79,11 @@ class Workload:
 
 
 def workloads(quick: bool, f1_inflight: int | None = None) -> tuple[list[Workload], list[int]]:
-    """The workloads and the sweep's connection counts (the sweep reuses E1 where counts match)."""
+    """The workloads and the sweep's connection counts (the sweep reuses E1 where counts match).
+    `f1_inflight` overrides F1's window per flooder; 0 = no window (write while the socket takes it)."""
+    if f1_inflight is None:
+        f1_inflight = F1_INFLIGHT_QUICK if quick else F1_INFLIGHT
+    depth = f"{f1_inflight} in flight" if f1_inflight else "unwindowed"
     if quick:
         w, d = 0.3, 0.7
         e1 = 20
@@ -92,8 +96,8 @@ def workloads(quick: bool, f1_inflight: int | None = None) -> tuple[list[Workloa
             Workload("M1", "idle", 50, warmup_s=0.5, duration_s=0.1, description="idle memory"),
         ]
         f1 = Workload(
-            "F1", "fair", 9, f1_inflight or F1_INFLIGHT_QUICK, 16, warmup_s=w, duration_s=d,
-            description="fairness: 8 flooders, 1 bystander", bystanders=1,
+            "F1", "fair", 9, f1_inflight, 16, warmup_s=w, duration_s=d,
+            description=f"fairness: 8 flooders {depth}, 1 bystander", bystanders=1,
         )  # fmt: skip
         sweep = [10, e1]
     else:
@@ -105,8 +109,8 @@ def workloads(quick: bool, f1_inflight: int | None = None) -> tuple[list[Workloa
             Workload("M1", "idle", 10000, warmup_s=2.0, duration_s=0.2, description="idle connections"),
         ]
         f1 = Workload(
-            "F1", "fair", 9, f1_inflight or F1_INFLIGHT, 16, bystanders=1,
-            description=f"fairness: 8 flooders x {f1_inflight or F1_INFLIGHT} in flight, 1 ping-pong bystander",
+            "F1", "fair", 9, f1_inflight, 16, bystanders=1,
+            description=f"fairness: 8 flooders {depth}, 1 ping-pong bystander",
         )  # fmt: skip
         sweep = [100, e1, 10000]
     wl.append(f1)
@@ -613,11 +617,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- Skipped **{name}**: {why}")
     if skipped:
         lines.append("")
-    lines += [
-        "| workload | server | conns | frames/s | server µs/frame | ÷ uvloop | p50 µs | p99 µs"
-        " | server CPU | client CPU | RSS MB | connect s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    if any(r["mode"] not in ("idle", "fair") for r in report["results"]):
+        lines += [
+            "| workload | server | conns | frames/s | server µs/frame | ÷ uvloop | p50 µs | p99 µs"
+            " | server CPU | client CPU | RSS MB | connect s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
     ratios = report["analysis"]["ratios_to_uvloop"]
     for r in report["results"]:
         if r["mode"] in ("idle", "fair"):
@@ -743,18 +748,21 @@ def plot(report: dict[str, Any], path: Path) -> str | None:
         return f"matplotlib unavailable: {exc}"
     a = report["analysis"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    plotted = False
     for server, pts in a["sweep_us_per_frame"].items():
         xs = [n for n, p in zip(a["sweep_conns"], pts, strict=True) if p is not None]
         ys = [p for p in pts if p is not None]
         if xs:
             ax.plot(xs, ys, marker="o", label=server)
+            plotted = True
     ax.set_xscale("log")
     ax.set_xlabel("connections (1 frame in flight each, 64 B)")
     ax.set_ylabel("server CPU µs per delivered frame")
     ax.set_ylim(bottom=0)
     ax.set_title(f"Echo cost vs connections — {report['machine']['cpu_model']}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if plotted:  # no sweep workload ran (--only): an empty plot, no legend
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -918,7 +926,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         metavar="K",
-        help=f"frames each F1 flooder keeps in flight (default {F1_INFLIGHT}; --quick {F1_INFLIGHT_QUICK})",
+        help=f"frames each F1 flooder keeps in flight (default {F1_INFLIGHT}; --quick {F1_INFLIGHT_QUICK});"
+        " 0: no window, the flooders write whenever their socket takes more",
     )
     parser.add_argument(
         "--rounds",
@@ -930,8 +939,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    if args.f1_inflight is not None and args.f1_inflight < 1:
-        parser.error("--f1-inflight must be at least 1")
+    if args.f1_inflight is not None and args.f1_inflight < 0:
+        parser.error("--f1-inflight must be 0 (no window) or more")
     refs = list(dict.fromkeys(r.strip() for r in args.baseline_ref if r.strip()))
     try:
         servers = server_list(args.servers, refs)

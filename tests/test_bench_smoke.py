@@ -138,7 +138,7 @@ def test_baseline_ref_runs_the_framework_exported_from_that_commit(tmp_path: Pat
         (["--servers", "uvloop@HEAD"], "only the framework's backends"),
         (["--baseline-ref", "HEAD", "--servers", "epoll,uvloop"], "--servers names none of its rows"),
         (["--only", "E1,X9"], "unknown workload(s) ['X9']"),
-        (["--f1-inflight", "0"], "--f1-inflight must be at least 1"),
+        (["--f1-inflight", "-1"], "--f1-inflight must be 0 (no window) or more"),
     ],
 )
 def test_bad_arguments_are_refused_with_a_reason(
