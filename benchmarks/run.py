@@ -606,8 +606,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             else []
         ),
         *(
-            f"- Baseline `{ref}` = commit {t['commit'][:12]}: rows `io_uring@{ref}`, `epoll@{ref}` run that"
-            " commit's framework (exported with git archive, io_uring extension built in place)"
+            f"- Baseline `{ref}` = commit {t['commit'][:12]}: the `…@{ref}` rows run that commit's framework"
+            " (exported with git archive, io_uring extension built in place)"
             for ref, t in report.get("baseline_refs", {}).items()
         ),
         "",
