@@ -15,6 +15,8 @@
  *             their own histogram (by_*), so a server that serves one flooder's backlog in one go
  *             shows up as the bystanders' tail latency. In each epoll batch the bystanders' events
  *             are handled first, so the client's own flooder work does not inflate their figures.
+ *             With --inflight 0 the flooders have no window: each writes a 64 KiB block of frames
+ *             whenever its socket is writable (and still reads every reply).
  *
  * Phases: connect (paced: at most --connect-batch connections between connect() and their first
  * echoed "handshake" frame, so the server's accept backlog never overflows even at 10,000
@@ -95,7 +97,8 @@ static int phase = P_CONNECT;
 
 static uint64_t frames_window, bytes_window, frames_total, handshakes;
 static uint64_t by_frames_window; /* fair mode: the bystanders' share of frames_window */
-static uint64_t errors, closed_by_peer, connect_retries, by_closed, flood_closed;
+static uint64_t errors, closed_by_peer, connect_retries;
+static uint64_t by_closed, flood_closed; /* fair mode: closed by the server, per role */
 static int established, outstanding, next_start, dead;
 
 /* latency histogram: 0.1 us buckets below 10 ms, 10 us below 1 s, 1 ms up to 100 s */
@@ -211,8 +214,8 @@ static void kill_conn(struct conn *c, int by_peer) {
     if (c->state == C_READY) established--;
     if (by_peer) closed_by_peer++;
     else errors++;
-    if (c->bystander) by_closed++;
-    else flood_closed++;
+    if (by_peer && c->bystander) by_closed++;
+    else if (by_peer) flood_closed++;
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     c->fd = -1;
