@@ -9,6 +9,14 @@
  *             kept in flight per connection (every echo received sends one new frame).
  *   broadcast the server stamps each tick; latency = arrival - stamp (same host, same clock).
  *   idle      connections only; used to measure the server's memory per connection.
+ *   fair      echo with two roles: the first --bystanders connections play ping-pong (1 frame in
+ *             flight, --bystander-payload bytes); the others are flooders keeping --inflight frames
+ *             of --payload bytes in flight and reading every reply. The bystanders' round trips get
+ *             their own histogram (by_*), so a server that serves one flooder's backlog in one go
+ *             shows up as the bystanders' tail latency. In each epoll batch the bystanders' events
+ *             are handled first, so the client's own flooder work does not inflate their figures.
+ *             With --inflight 0 the flooders have no window: each writes a 64 KiB block of frames
+ *             whenever its socket is writable (and still reads every reply).
  *
  * Phases: connect (paced: at most --connect-batch connections between connect() and their first
  * echoed "handshake" frame, so the server's accept backlog never overflows even at 10,000
@@ -42,8 +50,9 @@
 
 #define MARKER UINT64_MAX
 #define HANDSHAKE_PAYLOAD 16
+#define STREAM_BLOCK 65536 /* bytes a streaming flooder writes per writable event */
 
-enum mode { MODE_ECHO, MODE_BROADCAST, MODE_IDLE };
+enum mode { MODE_ECHO, MODE_BROADCAST, MODE_IDLE, MODE_FAIR };
 enum cstate { C_IDLE, C_CONNECTING, C_HANDSHAKE, C_READY, C_DEAD };
 enum phase { P_CONNECT, P_WARMUP, P_MEASURE, P_DONE };
 
@@ -56,6 +65,7 @@ struct conn {
     uint8_t *out;              /* bytes the socket did not take yet */
     size_t out_len, out_cap;
     int want_out;
+    int bystander;             /* fair mode: a ping-pong connection measured on its own */
     double retry_at;           /* for failed connects: when to try again */
 };
 
@@ -72,7 +82,9 @@ static struct {
     double connect_timeout;
     int server_pid;
     uint32_t max_frame;
-} opt = {"127.0.0.1", 0, MODE_ECHO, 100, 1, 64, 1.0, 3.0, 256, 180.0, 0, 1u << 20};
+    int bystanders;
+    int by_payload;
+} opt = {"127.0.0.1", 0, MODE_ECHO, 100, 1, 64, 1.0, 3.0, 256, 180.0, 0, 1u << 20, 0, 64};
 
 static struct conn *conns;
 static int epfd;
@@ -84,15 +96,20 @@ static uint8_t *filler; /* one frame's payload bytes after the stamp */
 static int phase = P_CONNECT;
 
 static uint64_t frames_window, bytes_window, frames_total, handshakes;
+static uint64_t by_frames_window; /* fair mode: the bystanders' share of frames_window */
 static uint64_t errors, closed_by_peer, connect_retries;
+static uint64_t by_closed, flood_closed; /* fair mode: closed by the server, per role */
 static int established, outstanding, next_start, dead;
 
 /* latency histogram: 0.1 us buckets below 10 ms, 10 us below 1 s, 1 ms up to 100 s */
 #define H1 100000
 #define H2 100000
 #define H3 100000
-static uint32_t hist[H1 + H2 + H3 + 1];
-static uint64_t hist_n;
+struct hist {
+    uint32_t b[H1 + H2 + H3 + 1];
+    uint64_t n;
+};
+static struct hist lat_all, lat_by; /* every echoed frame; fair mode's bystanders only */
 
 static inline uint64_t now_ns(void) {
     struct timespec ts;
@@ -102,14 +119,14 @@ static inline uint64_t now_ns(void) {
 
 static inline double now_s(void) { return (double)now_ns() / 1e9; }
 
-static void hist_add(uint64_t ns) {
+static void hist_add(struct hist *h, uint64_t ns) {
     size_t i;
     if (ns < 10000000ull) i = ns / 100;
     else if (ns < 1000000000ull) i = H1 + (ns - 10000000ull) / 10000;
     else if (ns < 100000000000ull) i = H1 + H2 + (ns - 1000000000ull) / 1000000;
     else i = H1 + H2 + H3;
-    hist[i]++;
-    hist_n++;
+    h->b[i]++;
+    h->n++;
 }
 
 static double hist_bucket_us(size_t i) {
@@ -119,19 +136,19 @@ static double hist_bucket_us(size_t i) {
     return 1e8;
 }
 
-static double hist_quantile_us(double q) {
-    if (hist_n == 0) return -1.0;
-    uint64_t want = (uint64_t)(q * (double)(hist_n - 1)) + 1, seen = 0;
-    for (size_t i = 0; i < sizeof hist / sizeof hist[0]; i++) {
-        seen += hist[i];
+static double hist_quantile_us(const struct hist *h, double q) {
+    if (h->n == 0) return -1.0;
+    uint64_t want = (uint64_t)(q * (double)(h->n - 1)) + 1, seen = 0;
+    for (size_t i = 0; i < sizeof h->b / sizeof h->b[0]; i++) {
+        seen += h->b[i];
         if (seen >= want) return hist_bucket_us(i);
     }
     return hist_bucket_us(H1 + H2 + H3);
 }
 
-static double hist_max_us(void) {
-    for (size_t i = sizeof hist / sizeof hist[0]; i-- > 0;)
-        if (hist[i]) return hist_bucket_us(i);
+static double hist_max_us(const struct hist *h) {
+    for (size_t i = sizeof h->b / sizeof h->b[0]; i-- > 0;)
+        if (h->b[i]) return hist_bucket_us(i);
     return -1.0;
 }
 
@@ -197,6 +214,8 @@ static void kill_conn(struct conn *c, int by_peer) {
     if (c->state == C_READY) established--;
     if (by_peer) closed_by_peer++;
     else errors++;
+    if (by_peer && c->bystander) by_closed++;
+    else if (by_peer) flood_closed++;
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     c->fd = -1;
@@ -232,6 +251,11 @@ static void send_bytes(struct conn *c, const uint8_t *data, size_t len) {
     if (!c->want_out) set_events(c, 1);
 }
 
+/* fair mode with --inflight 0: a flooder writes whenever its socket takes more (no window) */
+static inline int streaming(const struct conn *c) {
+    return opt.mode == MODE_FAIR && opt.inflight == 0 && !c->bystander && c->state == C_READY && phase != P_CONNECT;
+}
+
 static void flush_out(struct conn *c) {
     size_t off = 0;
     while (off < c->out_len) {
@@ -246,7 +270,7 @@ static void flush_out(struct conn *c) {
     }
     memmove(c->out, c->out + off, c->out_len - off);
     c->out_len -= off;
-    if (c->out_len == 0) set_events(c, 0);
+    if (c->out_len == 0 && !streaming(c)) set_events(c, 0);
 }
 
 static inline void put_u32be(uint8_t *p, uint32_t v) {
@@ -275,7 +299,7 @@ static uint8_t *ensure_wbuf(size_t len) {
     return wbuf;
 }
 
-/* Send `count` frames of opt.payload bytes stamped `stamp`, in one write. */
+/* Send `count` frames of `payload` bytes stamped `stamp`, in one write. */
 static void send_frames(struct conn *c, int count, uint64_t stamp, int payload) {
     size_t flen = 4 + (size_t)payload;
     uint8_t *p = ensure_wbuf(flen * (size_t)count);
@@ -356,11 +380,16 @@ static long on_bytes(struct conn *c, const uint8_t *buf, size_t len, uint64_t no
         if (phase == P_MEASURE) {
             frames_window++;
             bytes_window += 4 + n;
-            if (stamp <= now) hist_add(now - stamp);
+            if (stamp <= now) hist_add(&lat_all, now - stamp);
+            if (c->bystander) {
+                by_frames_window++;
+                if (stamp <= now) hist_add(&lat_by, now - stamp);
+            }
         }
-        if (opt.mode == MODE_ECHO) echoed++;
+        if (opt.mode == MODE_ECHO || opt.mode == MODE_FAIR) echoed++;
     }
-    if (echoed && phase != P_DONE) send_frames(c, echoed, now, opt.payload);
+    if (echoed && phase != P_DONE && !streaming(c))
+        send_frames(c, echoed, now, c->bystander ? opt.by_payload : opt.payload);
     return (long)off;
 }
 
@@ -402,9 +431,10 @@ static void on_readable(struct conn *c) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen --port P [--host 127.0.0.1] [--mode echo|broadcast|idle] [--conns N]\n"
+            "usage: loadgen --port P [--host 127.0.0.1] [--mode echo|broadcast|idle|fair] [--conns N]\n"
             "               [--inflight K] [--payload BYTES] [--warmup S] [--duration S]\n"
-            "               [--connect-batch N] [--connect-timeout S] [--server-pid PID]\n");
+            "               [--connect-batch N] [--connect-timeout S] [--server-pid PID]\n"
+            "               [--bystanders B] [--bystander-payload BYTES]   (fair mode)\n");
     exit(2);
 }
 
@@ -415,7 +445,8 @@ int main(int argc, char **argv) {
         {"inflight", required_argument, 0, 'k'},      {"payload", required_argument, 0, 's'},
         {"warmup", required_argument, 0, 'w'},        {"duration", required_argument, 0, 'd'},
         {"connect-batch", required_argument, 0, 'b'}, {"connect-timeout", required_argument, 0, 't'},
-        {"server-pid", required_argument, 0, 'P'},    {0, 0, 0, 0}};
+        {"server-pid", required_argument, 0, 'P'},    {"bystanders", required_argument, 0, 'B'},
+        {"bystander-payload", required_argument, 0, 'y'}, {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (ch) {
@@ -425,6 +456,7 @@ int main(int argc, char **argv) {
             if (!strcmp(optarg, "echo")) opt.mode = MODE_ECHO;
             else if (!strcmp(optarg, "broadcast")) opt.mode = MODE_BROADCAST;
             else if (!strcmp(optarg, "idle")) opt.mode = MODE_IDLE;
+            else if (!strcmp(optarg, "fair")) opt.mode = MODE_FAIR;
             else usage();
             break;
         case 'c': opt.conns = atoi(optarg); break;
@@ -435,12 +467,23 @@ int main(int argc, char **argv) {
         case 'b': opt.batch = atoi(optarg); break;
         case 't': opt.connect_timeout = atof(optarg); break;
         case 'P': opt.server_pid = atoi(optarg); break;
+        case 'B': opt.bystanders = atoi(optarg); break;
+        case 'y': opt.by_payload = atoi(optarg); break;
         default: usage();
         }
     }
-    if (opt.port <= 0 || opt.conns <= 0 || opt.inflight <= 0 || opt.batch <= 0) usage();
-    if (opt.payload < 8 || (uint32_t)opt.payload > opt.max_frame) {
-        fprintf(stderr, "loadgen: --payload must be 8..%u bytes (it carries an 8-byte stamp)\n", opt.max_frame);
+    if (opt.port <= 0 || opt.conns <= 0 || opt.inflight < 0 || (opt.inflight == 0 && opt.mode != MODE_FAIR) ||
+        opt.batch <= 0)
+        usage();
+    if (opt.payload < 8 || (uint32_t)opt.payload > opt.max_frame || opt.by_payload < 8 ||
+        (uint32_t)opt.by_payload > opt.max_frame) {
+        fprintf(stderr, "loadgen: --payload and --bystander-payload must be 8..%u bytes (they carry an 8-byte stamp)\n",
+                opt.max_frame);
+        return 2;
+    }
+    if (opt.mode != MODE_FAIR) opt.bystanders = 0;
+    else if (opt.bystanders < 1 || opt.bystanders >= opt.conns) {
+        fprintf(stderr, "loadgen: fair mode needs 1 <= --bystanders < --conns (the rest are flooders)\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -466,10 +509,14 @@ int main(int argc, char **argv) {
     rbuf_cap = 1u << 20;
     if ((size_t)opt.max_frame + 4 > rbuf_cap / 2) rbuf_cap = 2 * ((size_t)opt.max_frame + 4);
     rbuf = malloc(rbuf_cap);
-    filler = malloc((size_t)opt.payload);
+    size_t filler_len = (size_t)(opt.payload > opt.by_payload ? opt.payload : opt.by_payload);
+    filler = malloc(filler_len);
     if (!conns || !rbuf || !filler) die("malloc");
-    memset(filler, 'x', (size_t)opt.payload);
-    for (int i = 0; i < opt.conns; i++) conns[i].fd = -1;
+    memset(filler, 'x', filler_len);
+    for (int i = 0; i < opt.conns; i++) {
+        conns[i].fd = -1;
+        conns[i].bystander = i < opt.bystanders;
+    }
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0) die("epoll_create1");
 
@@ -498,10 +545,14 @@ int main(int argc, char **argv) {
                         (unsigned long long)connect_retries);
                 if (established == 0) break;
                 phase = P_WARMUP;
-                if (opt.mode == MODE_ECHO) {
+                if (opt.mode == MODE_ECHO || opt.mode == MODE_FAIR) {
                     uint64_t now = now_ns();
                     for (int i = 0; i < opt.conns; i++)
-                        if (conns[i].state == C_READY) send_frames(&conns[i], opt.inflight, now, opt.payload);
+                        if (conns[i].state == C_READY) {
+                            if (conns[i].bystander) send_frames(&conns[i], 1, now, opt.by_payload);
+                            else if (opt.inflight) send_frames(&conns[i], opt.inflight, now, opt.payload);
+                            else set_events(&conns[i], 1); /* streaming: EPOLLOUT drives the writes */
+                        }
                 }
             } else if (t - t_begin > opt.connect_timeout) {
                 fprintf(stderr, "loadgen: connect phase timed out: %d of %d connected\n", established, opt.conns);
@@ -526,29 +577,46 @@ int main(int argc, char **argv) {
             if (errno == EINTR) continue;
             die("epoll_wait");
         }
-        for (int i = 0; i < n; i++) {
+        /* fair mode: two passes over the batch, bystanders first (see the header comment) */
+        for (int k = 0; k < (opt.bystanders ? 2 * n : n); k++) {
+            int i = k % n;
             struct conn *c = evs[i].data.ptr;
+            if (opt.bystanders && c->bystander != (k < n)) continue;
             if (c->state == C_DEAD || c->fd < 0) continue;
             if (c->state == C_CONNECTING) {
                 on_connect_ready(c);
                 continue;
             }
             if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(c);
-            if (c->state != C_DEAD && (evs[i].events & EPOLLOUT) && c->out_len) flush_out(c);
+            if (c->state == C_DEAD || !(evs[i].events & EPOLLOUT)) continue;
+            if (c->out_len) flush_out(c);
+            else if (streaming(c)) /* one block per event: every flooder gets its turn */
+                send_frames(c, STREAM_BLOCK / (4 + opt.payload), now_ns(), opt.payload);
         }
     }
 
     double window = t_end > t_window ? t_end - t_window : 0.0;
     int ok = phase == P_DONE;
+    static const char *mode_names[] = {"echo", "broadcast", "idle", "fair"};
     printf("{\"ok\": %s, \"mode\": \"%s\", \"conns\": %d, \"connected\": %d, \"inflight\": %d, \"payload\": %d,\n",
-           ok ? "true" : "false", opt.mode == MODE_ECHO ? "echo" : opt.mode == MODE_BROADCAST ? "broadcast" : "idle",
-           opt.conns, established, opt.inflight, opt.payload);
+           ok ? "true" : "false", mode_names[opt.mode], opt.conns, established, opt.inflight, opt.payload);
     printf(" \"connect_s\": %.3f, \"connect_retries\": %llu, \"warmup_s\": %.3f, \"window_s\": %.6f,\n",
            t_connected > 0 ? t_connected - t_begin : -1.0, (unsigned long long)connect_retries, opt.warmup, window);
     printf(" \"frames\": %llu, \"frames_per_s\": %.1f, \"bytes_per_s\": %.1f,\n", (unsigned long long)frames_window,
            window > 0 ? (double)frames_window / window : 0.0, window > 0 ? (double)bytes_window / window : 0.0);
     printf(" \"lat_p50_us\": %.1f, \"lat_p90_us\": %.1f, \"lat_p99_us\": %.1f, \"lat_max_us\": %.1f,\n",
-           hist_quantile_us(0.50), hist_quantile_us(0.90), hist_quantile_us(0.99), hist_max_us());
+           hist_quantile_us(&lat_all, 0.50), hist_quantile_us(&lat_all, 0.90), hist_quantile_us(&lat_all, 0.99),
+           hist_max_us(&lat_all));
+    if (opt.mode == MODE_FAIR) {
+        uint64_t flood = frames_window - by_frames_window;
+        printf(" \"bystanders\": %d, \"bystander_payload\": %d, \"by_frames\": %llu, \"by_p50_us\": %.1f,"
+               " \"by_p90_us\": %.1f, \"by_p99_us\": %.1f, \"by_max_us\": %.1f,\n",
+               opt.bystanders, opt.by_payload, (unsigned long long)by_frames_window, hist_quantile_us(&lat_by, 0.50),
+               hist_quantile_us(&lat_by, 0.90), hist_quantile_us(&lat_by, 0.99), hist_max_us(&lat_by));
+        printf(" \"flood_frames\": %llu, \"flood_frames_per_s\": %.1f, \"by_closed\": %llu, \"flood_closed\": %llu,\n",
+               (unsigned long long)flood, window > 0 ? (double)flood / window : 0.0, (unsigned long long)by_closed,
+               (unsigned long long)flood_closed);
+    }
     printf(" \"client_cpu_s\": %.4f, \"client_cpu_util\": %.4f,\n", cpu1 - cpu0,
            window > 0 ? (cpu1 - cpu0) / window : 0.0);
     if (have_srv) {

@@ -1,6 +1,12 @@
 """Benchmark harness: the framework (io_uring, epoll) against asyncio and uvloop, in one run.
 
     python -m benchmarks.run [--quick] [--out DIR] [--servers io_uring,epoll,asyncio,uvloop]
+                             [--only E1,F1,...] [--baseline-ref GIT_REF] [--rounds N]
+
+`--baseline-ref REF` also measures the framework as it was at commit REF (`io_uring@REF`,
+`epoll@REF`): REF is exported with `git archive` into a temporary directory, its io_uring extension is
+built there, and those servers run with that directory as cwd and PYTHONPATH, so old and new code
+meet the same uvloop/asyncio baselines in one run.
 
 Each measurement starts a fresh server process pinned to CPU 0 and the C load client
 (benchmarks/loadgen.c, compiled here with gcc -O2) pinned to CPU 1. The client samples the server's
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import platform
@@ -24,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -43,12 +51,22 @@ SERVER_CPU, CLIENT_CPU = 0, 1
 # Targets from issue 7, as (best framework backend) / uvloop measured in the same run.
 TARGETS = {"E1": 0.70, "E2": 0.65, "B1": 0.85, "M1": 0.75}
 SCALING_TARGET = 1.2  # µs/frame at the largest sweep point within 1.2x of the smallest
+# Issue 13's F1 goal, for every framework backend: the bystander's p99 round trip no worse than
+# uvloop's in the same run, and at most this many ms.
+F1_TARGET_MS = 10.0
+# F1 flooders: frames each keeps in flight. 4,096 x 20 B = 80 KiB per flooder, more than one 64 KiB
+# read: a server that serves each ready connection a bounded share per loop turn answers the
+# bystander within one short turn, one that drains every flooder's backlog first makes it wait for
+# all 8 x 4,096 frames. (256 in flight is too shallow to tell them apart: every server drains that in
+# about 1 ms.)
+F1_INFLIGHT = 4096
+F1_INFLIGHT_QUICK = 256
 
 
 @dataclass(frozen=True)
 class Workload:
     name: str
-    mode: str  # loadgen mode: echo | broadcast | idle
+    mode: str  # loadgen mode: echo | broadcast | idle | fair
     conns: int
     inflight: int = 1
     payload: int = 64
@@ -56,10 +74,16 @@ class Workload:
     warmup_s: float = 2.0
     duration_s: float = 5.0
     description: str = ""
+    bystanders: int = 0  # fair mode: the first `bystanders` connections play ping-pong
+    bystander_payload: int = 64
 
 
-def workloads(quick: bool) -> tuple[list[Workload], list[int]]:
-    """The workloads and the sweep's connection counts (the sweep reuses E1 where counts match)."""
+def workloads(quick: bool, f1_inflight: int | None = None) -> tuple[list[Workload], list[int]]:
+    """The workloads and the sweep's connection counts (the sweep reuses E1 where counts match).
+    `f1_inflight` overrides F1's window per flooder; 0 = no window (write while the socket takes it)."""
+    if f1_inflight is None:
+        f1_inflight = F1_INFLIGHT_QUICK if quick else F1_INFLIGHT
+    depth = f"{f1_inflight} in flight" if f1_inflight else "unwindowed"
     if quick:
         w, d = 0.3, 0.7
         e1 = 20
@@ -71,6 +95,10 @@ def workloads(quick: bool) -> tuple[list[Workload], list[int]]:
             ),
             Workload("M1", "idle", 50, warmup_s=0.5, duration_s=0.1, description="idle memory"),
         ]
+        f1 = Workload(
+            "F1", "fair", 9, f1_inflight, 16, warmup_s=w, duration_s=d,
+            description=f"fairness: 8 flooders {depth}, 1 bystander", bystanders=1,
+        )  # fmt: skip
         sweep = [10, e1]
     else:
         e1 = 1000
@@ -80,7 +108,12 @@ def workloads(quick: bool) -> tuple[list[Workload], list[int]]:
             Workload("B1", "broadcast", 5000, payload=512, hz=30, description="broadcast 30 Hz to all"),
             Workload("M1", "idle", 10000, warmup_s=2.0, duration_s=0.2, description="idle connections"),
         ]
+        f1 = Workload(
+            "F1", "fair", 9, f1_inflight, 16, bystanders=1,
+            description=f"fairness: 8 flooders {depth}, 1 ping-pong bystander",
+        )  # fmt: skip
         sweep = [100, e1, 10000]
+    wl.append(f1)
     base = wl[0]
     for conns in sweep:
         if conns != base.conns:
@@ -168,12 +201,108 @@ def pinning() -> tuple[list[str], list[str], str]:
     return [], [], f"not pinned ({why})"
 
 
-def server_availability(names: list[str]) -> dict[str, str | None]:
+# ---- servers, and the framework at a baseline git ref ----
+
+
+def split_server(name: str) -> tuple[str, str | None]:
+    """Split a server name: `io_uring@b280653` -> ("io_uring", "b280653"); `uvloop` -> ("uvloop", None)."""
+    base, _, ref = name.partition("@")
+    return base, ref or None
+
+
+def is_framework(name: str) -> bool:
+    return split_server(name)[0] in FRAMEWORK_BACKENDS
+
+
+@dataclass(frozen=True)
+class RefTree:
+    """The framework's source at a git ref, exported into `path` (which outlives this object only
+    as long as the run's temporary directory)."""
+
+    ref: str
+    commit: str
+    path: Path
+    uring_problem: str | None  # why io_uring@ref cannot run (its extension did not build), or None
+
+
+def export_ref(ref: str, parent: Path, build_uring: bool) -> RefTree:
+    """`git archive` REF into a fresh directory under `parent` and, when asked, build its io_uring
+    cffi extension in place with this interpreter (the same way `_uring_build.py` is run by hand).
+    Raises RuntimeError when REF is not a commit of this repository."""
+    proc = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"--baseline-ref {ref!r} is not a commit of the repository at {ROOT}")
+    commit = proc.stdout.strip()
+    path = parent / f"ref-{commit[:12]}"
+    path.mkdir()
+    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=ROOT, capture_output=True)
+    if archive.returncode != 0:
+        raise RuntimeError(f"git archive {commit} failed: {archive.stderr.decode(errors='replace')[-400:]}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(path, filter="data")
+    problem: str | None = None
+    if build_uring:
+        builder = path / "framework" / "io" / "backends" / "_uring_build.py"
+        if not builder.exists():
+            problem = f"{ref} has no {builder.relative_to(path)} to build its io_uring extension with"
+        else:
+            built = subprocess.run(
+                [sys.executable, str(builder)], cwd=path, capture_output=True, text=True, timeout=600
+            )
+            if built.returncode != 0:
+                problem = f"building {ref}'s io_uring extension failed: {built.stderr.strip()[-300:]}"
+    return RefTree(ref, commit, path, problem)
+
+
+def server_env(tree: RefTree | None) -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if tree is not None:
+        # The ref's tree first on sys.path: it shadows this checkout's editable install.
+        env["PYTHONPATH"] = str(tree.path)
+    return env
+
+
+# Run in the ref's tree: the backend must be available there, and `framework` must really be the
+# ref's copy (printed, then compared with the tree's path by the harness).
+_REF_PROBE = (
+    "import sys, framework, examples.echo\n"
+    "from framework.io.factory import check_available\n"
+    "check_available(sys.argv[1])\n"
+    "print(framework.__file__)\n"
+)
+
+
+def ref_server_problem(name: str, tree: RefTree) -> str | None:
+    base, _ = split_server(name)
+    if base == "io_uring" and tree.uring_problem:
+        return tree.uring_problem
+    proc = subprocess.run(
+        [sys.executable, "-c", _REF_PROBE, base], cwd=tree.path, env=server_env(tree), capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        return f"cannot run at {tree.ref}: {lines[-1] if lines else f'exit code {proc.returncode}'}"
+    loaded = Path(proc.stdout.strip().splitlines()[-1]).resolve()
+    if not loaded.is_relative_to(tree.path.resolve()):
+        return f"the framework loaded from {loaded}, not from {tree.ref}'s tree {tree.path}"
+    return None
+
+
+def server_availability(names: list[str], trees: dict[str, RefTree]) -> dict[str, str | None]:
     """None when the server can run here, else the reason it is skipped."""
     out: dict[str, str | None] = {}
     for name in names:
         reason: str | None = None
-        if name in FRAMEWORK_BACKENDS:
+        ref = split_server(name)[1]
+        if ref is not None:
+            reason = ref_server_problem(name, trees[ref])
+        elif name in FRAMEWORK_BACKENDS:
             try:
                 from framework.io.errors import BackendUnavailable
                 from framework.io.factory import check_available
@@ -197,8 +326,9 @@ def server_availability(names: list[str]) -> dict[str, str | None]:
 
 def server_command(name: str, wl: Workload) -> list[str]:
     py = sys.executable
-    if name in FRAMEWORK_BACKENDS:
-        cmd = [py, "-m", "examples.echo", "--backend", name, "--port", "0"]
+    base, _ = split_server(name)
+    if base in FRAMEWORK_BACKENDS:
+        cmd = [py, "-m", "examples.echo", "--backend", base, "--port", "0"]
     else:
         cmd = [py, "-m", "benchmarks.baselines", "--loop", name, "--port", "0"]
     cmd += ["--host", "127.0.0.1"]
@@ -213,18 +343,20 @@ def server_command(name: str, wl: Workload) -> list[str]:
 class ServerProcess:
     """A server subprocess; `start()` waits for its "ready <port>" line."""
 
-    def __init__(self, cmd: list[str], log_path: Path) -> None:
+    def __init__(self, cmd: list[str], log_path: Path, tree: RefTree | None = None) -> None:
         self.cmd = cmd
         self.log_path = log_path
+        self.tree = tree  # run the framework at this ref (cwd and PYTHONPATH), else this checkout
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
     def start(self, timeout_s: float = 60.0) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        cwd = self.tree.path if self.tree is not None else ROOT
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                self.cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True
-            )
+                self.cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=log, env=server_env(self.tree),
+                start_new_session=True,
+            )  # fmt: skip
         assert self.proc.stdout is not None
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
@@ -279,17 +411,25 @@ class ServerProcess:
 
 
 def measure(
-    server: str, wl: Workload, loadgen: Path, server_pin: list[str], client_pin: list[str], log_dir: Path
+    server: str,
+    wl: Workload,
+    loadgen: Path,
+    server_pin: list[str],
+    client_pin: list[str],
+    log_dir: Path,
+    tree: RefTree | None = None,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"server": server, "workload": wl.name, **asdict(wl), "ok": False}
-    srv = ServerProcess(server_pin + server_command(server, wl), log_dir / f"{wl.name}-{server}.log")
+    srv = ServerProcess(server_pin + server_command(server, wl), log_dir / f"{wl.name}-{server}.log", tree)
     try:
         srv.start()
         cmd = [
             *client_pin, str(loadgen), "--port", str(srv.port), "--mode", wl.mode, "--conns", str(wl.conns),
-            "--inflight", str(wl.inflight), "--payload", str(wl.payload if wl.mode == "echo" else 64),
+            "--inflight", str(wl.inflight), "--payload", str(wl.payload if wl.mode in ("echo", "fair") else 64),
             "--warmup", str(wl.warmup_s), "--duration", str(wl.duration_s), "--server-pid", str(srv.pid),
         ]  # fmt: skip
+        if wl.mode == "fair":
+            cmd += ["--bystanders", str(wl.bystanders), "--bystander-payload", str(wl.bystander_payload)]
         timeout = 180 + wl.warmup_s + wl.duration_s + 30
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if not proc.stdout.strip():
@@ -323,7 +463,21 @@ def summarise(wl: Workload, c: dict[str, Any]) -> dict[str, Any]:
     }
     if wl.mode == "idle" and c["connected"]:
         out["rss_growth_kb_per_conn"] = (c["server_rss_kb_end"] - c["server_rss_kb_start"]) / c["connected"]
+    if wl.mode == "fair":
+        out.update(
+            bystander_frames=c["by_frames"],
+            bystander_p50_us=c["by_p50_us"] if c["by_p50_us"] >= 0 else None,
+            bystander_p99_us=c["by_p99_us"] if c["by_p99_us"] >= 0 else None,
+            bystander_max_us=c["by_max_us"] if c["by_max_us"] >= 0 else None,
+            flood_frames_per_s=c["flood_frames_per_s"],
+            flooders_closed=c["flood_closed"],
+        )
     return out
+
+
+def main_key(mode: str) -> str:
+    """The metric a workload is judged (and its rounds' median picked) by."""
+    return {"idle": "rss_growth_kb_per_conn", "fair": "bystander_p99_us"}.get(mode, "server_us_per_frame")
 
 
 # ---- analysis and output ----
@@ -337,14 +491,53 @@ def metric(rows: list[dict[str, Any]], server: str, wl: str, key: str) -> float 
     return None
 
 
+def f1_verdict(rows: list[dict[str, Any]], backends: list[str]) -> dict[str, Any]:
+    """Issue 13's F1 goal for each framework backend: bystander p99 <= uvloop's (same run) and
+    <= F1_TARGET_MS. Without a uvloop row only the absolute limit applies (and is said so)."""
+    base_us = metric(rows, "uvloop", "F1", "bystander_p99_us")
+    limit_ms = F1_TARGET_MS if base_us is None else min(F1_TARGET_MS, base_us / 1000)
+    per: dict[str, dict[str, Any]] = {}
+    for server in backends:
+        p99_us = metric(rows, server, "F1", "bystander_p99_us")
+        p99_ms = None if p99_us is None else p99_us / 1000
+        per[server] = {"p99_ms": p99_ms, "met": None if p99_ms is None else p99_ms <= limit_ms}
+    met = [v["met"] for v in per.values()]
+    return {
+        "target_ms": F1_TARGET_MS,
+        "uvloop_p99_ms": None if base_us is None else base_us / 1000,
+        "limit_ms": limit_ms,
+        "backends": per,
+        "met": None if not met or None in met else all(met),
+    }
+
+
+def vs_ref(rows: list[dict[str, Any]], servers: list[str], workload_names: list[str]) -> dict[str, Any]:
+    """For every `backend@REF` row: each workload's main metric now ÷ at REF (same run)."""
+    out: dict[str, Any] = {}
+    modes = {r["workload"]: r["mode"] for r in rows}
+    for server in servers:
+        base, ref = split_server(server)
+        if ref is None or base not in servers:
+            continue
+        cells: dict[str, Any] = {}
+        for wl in workload_names:
+            key = main_key(modes.get(wl, ""))
+            now, then = metric(rows, base, wl, key), metric(rows, server, wl, key)
+            cells[wl] = {"metric": key, "now": now, "ref": then,
+                         "ratio": now / then if now is not None and then else None}  # fmt: skip
+        out[server] = cells
+    return out
+
+
 def analyse(
-    rows: list[dict[str, Any]], servers: list[str], sweep: list[int], e1_conns: int
+    rows: list[dict[str, Any]], servers: list[str], sweep: list[int], e1_conns: int, workload_names: list[str]
 ) -> dict[str, Any]:
-    fw = [s for s in servers if s in FRAMEWORK_BACKENDS]
+    fw_all = [s for s in servers if is_framework(s)]
+    fw = [s for s in fw_all if s in FRAMEWORK_BACKENDS]  # the targets judge today's code only
     ratios: dict[str, dict[str, float | None]] = {}
     key_of = {"E1": "server_us_per_frame", "E2": "server_us_per_frame", "B1": "server_us_per_frame",
-              "M1": "rss_growth_kb_per_conn"}  # fmt: skip
-    for server in [*fw, "asyncio"]:
+              "M1": "rss_growth_kb_per_conn", "F1": "server_us_per_frame"}  # fmt: skip
+    for server in [*fw_all, "asyncio"]:
         ratios[server] = {}
         for wl, key in key_of.items():
             mine, base = metric(rows, server, wl, key), metric(rows, "uvloop", wl, key)
@@ -380,8 +573,10 @@ def analyse(
         }  # fmt: skip
     else:
         verdict["scaling"] = {"target": SCALING_TARGET, "ratio": None, "backend": None, "met": None}
+    verdict["F1"] = f1_verdict(rows, fw)
     return {"ratios_to_uvloop": ratios, "sweep_conns": sweep, "sweep_us_per_frame": curves,
-            "scaling_last_over_first": scaling, "targets": verdict}  # fmt: skip
+            "scaling_last_over_first": scaling, "targets": verdict,
+            "vs_ref": vs_ref(rows, servers, workload_names)}  # fmt: skip
 
 
 def _fmt(v: Any, spec: str = ".1f") -> str:
@@ -405,6 +600,16 @@ def render_markdown(report: dict[str, Any]) -> str:
             if report.get("rounds", 1) > 1
             else []
         ),
+        *(
+            [f"- Workloads: {', '.join(w['name'] for w in report['workloads'])} (--only)"]
+            if report.get("only")
+            else []
+        ),
+        *(
+            f"- Baseline `{ref}` = commit {t['commit'][:12]}: the `…@{ref}` rows run that commit's framework"
+            " (exported with git archive, io_uring extension built in place)"
+            for ref, t in report.get("baseline_refs", {}).items()
+        ),
         "",
     ]
     skipped = {k: v for k, v in report["servers"].items() if v}
@@ -412,14 +617,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- Skipped **{name}**: {why}")
     if skipped:
         lines.append("")
-    lines += [
-        "| workload | server | conns | frames/s | server µs/frame | ÷ uvloop | p50 µs | p99 µs"
-        " | server CPU | client CPU | RSS MB | connect s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    if any(r["mode"] not in ("idle", "fair") for r in report["results"]):
+        lines += [
+            "| workload | server | conns | frames/s | server µs/frame | ÷ uvloop | p50 µs | p99 µs"
+            " | server CPU | client CPU | RSS MB | connect s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
     ratios = report["analysis"]["ratios_to_uvloop"]
     for r in report["results"]:
-        if r["mode"] == "idle":
+        if r["mode"] in ("idle", "fair"):
             continue
         if not r.get("ok"):
             lines.append(
@@ -439,11 +645,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             f" | {_fmt(100 * r['client_cpu_util'], '.0f')}% | {_fmt(r['rss_kb'] / 1024, '.1f')}"
             f" | {_fmt(r['client']['connect_s'], '.1f')} |"
         )
-    lines += [
-        "",
-        "| M1 idle memory | conns | RSS growth KB/conn | ÷ uvloop | RSS MB |",
-        "|---|---:|---:|---:|---:|",
-    ]
+    ran = {w["name"] for w in report["workloads"]}
+    if "M1" in ran:
+        lines += [
+            "",
+            "| M1 idle memory | conns | RSS growth KB/conn | ÷ uvloop | RSS MB |",
+            "|---|---:|---:|---:|---:|",
+        ]
     for r in report["results"]:
         if r["mode"] != "idle":
             continue
@@ -455,27 +663,76 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {r['server']} | {r['connected']} | {_fmt(r.get('rss_growth_kb_per_conn'), '.2f')}"
             f" | {_fmt(ratio, '.2f')} | {_fmt(r['rss_kb'] / 1024, '.1f')} |"
         )
+    fair = [r for r in report["results"] if r["mode"] == "fair"]
+    if fair:
+        lines += [
+            "",
+            "| F1 fairness | conns | bystander p50 ms | p99 ms | max ms | bystander round trips"
+            " | flooders' frames/s | server µs/frame | ÷ uvloop | server CPU | flooders reset |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    for r in fair:
+        if not r.get("ok"):
+            lines.append(f"| {r['server']} | {r['conns']} | failed: {r.get('error', '?')[:80]} |")
+            continue
+        ratio = 1.0 if r["server"] == "uvloop" else ratios.get(r["server"], {}).get("F1")
+
+        def ms(v: float | None) -> str:
+            return _fmt(None if v is None else v / 1000, ".2f")
+
+        lines.append(
+            f"| {r['server']} | {r['connected']} | {ms(r['bystander_p50_us'])} | {ms(r['bystander_p99_us'])}"
+            f" | {ms(r['bystander_max_us'])} | {r['bystander_frames']:,} | {_fmt(r['flood_frames_per_s'], ',.0f')}"
+            f" | {_fmt(r['server_us_per_frame'], '.2f')} | {_fmt(ratio, '.2f')}"
+            f" | {_fmt(r['server_cpu_util'] and 100 * r['server_cpu_util'], '.0f')}% | {r['flooders_closed']} |"
+        )
     a = report["analysis"]
     lines += [
         "",
         "| target (best framework backend ÷ uvloop) | limit | measured | backend | met |",
         "|---|---:|---:|---|---|",
     ]
+    yes_no = {True: "yes", False: "**no**", None: "–"}
+    swept = any(p is not None for pts in a["sweep_us_per_frame"].values() for p in pts)
     for name, t in a["targets"].items():
+        if not (name in ran or (name == "scaling" and swept)):
+            continue  # not run (--only)
+        if name == "F1":
+            limit = f"≤ {t['limit_ms']:.2f} ms"
+            why = "≤ uvloop's p99 and" if t["uvloop_p99_ms"] is not None else "uvloop not measured;"
+            for backend, v in t["backends"].items():
+                lines.append(
+                    f"| F1 bystander p99 ({why} ≤ {t['target_ms']:.0f} ms) | {limit}"
+                    f" | {_fmt(v['p99_ms'], '.2f')} ms | {backend} | {yes_no[v['met']]} |"
+                )
+            continue
         label = "µs/frame at max ÷ at min sweep conns" if name == "scaling" else f"{name}"
         if name == "B1":
             label += " (and p99 no worse)"
-        met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
+        met = yes_no[t["met"]]
         lines.append(
             f"| {label} | ≤ {t['target']} | {_fmt(t['ratio'], '.2f')} | {t['backend'] or '–'} | {met} |"
         )
-    lines += ["", "µs/frame by connection count (E1-style sweep):", ""]
     conns = a["sweep_conns"]
-    lines.append("| server | " + " | ".join(f"{n:,}" for n in conns) + " | max ÷ min conns |")
-    lines.append("|---|" + "---:|" * (len(conns) + 1))
-    for server, pts in a["sweep_us_per_frame"].items():
+    if swept:
+        lines += ["", "µs/frame by connection count (E1-style sweep):", ""]
+        lines.append("| server | " + " | ".join(f"{n:,}" for n in conns) + " | max ÷ min conns |")
+        lines.append("|---|" + "---:|" * (len(conns) + 1))
+    for server, pts in a["sweep_us_per_frame"].items() if swept else ():
         cells = " | ".join(_fmt(p, ".2f") for p in pts)
         lines.append(f"| {server} | {cells} | {_fmt(a['scaling_last_over_first'].get(server), '.2f')} |")
+    if a.get("vs_ref"):
+        refs = list(a["vs_ref"])
+        lines += [
+            "",
+            "Now ÷ baseline ref, same run (µs/frame; M1: KB/conn; F1: bystander p99; < 1 is better now):",
+            "",
+            "| workload | " + " | ".join(f"{split_server(s)[0]} ÷ {s}" for s in refs) + " |",
+            "|---|" + "---:|" * len(refs),
+        ]
+        for w in report["workloads"]:
+            cells = " | ".join(_fmt(a["vs_ref"][s].get(w["name"], {}).get("ratio"), ".2f") for s in refs)
+            lines.append(f"| {w['name']} | {cells} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -491,18 +748,21 @@ def plot(report: dict[str, Any], path: Path) -> str | None:
         return f"matplotlib unavailable: {exc}"
     a = report["analysis"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    plotted = False
     for server, pts in a["sweep_us_per_frame"].items():
         xs = [n for n, p in zip(a["sweep_conns"], pts, strict=True) if p is not None]
         ys = [p for p in pts if p is not None]
         if xs:
             ax.plot(xs, ys, marker="o", label=server)
+            plotted = True
     ax.set_xscale("log")
     ax.set_xlabel("connections (1 frame in flight each, 64 B)")
     ax.set_ylabel("server CPU µs per delivered frame")
     ax.set_ylim(bottom=0)
     ax.set_title(f"Echo cost vs connections — {report['machine']['cpu_model']}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if plotted:  # no sweep workload ran (--only): an empty plot, no legend
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -512,31 +772,72 @@ def plot(report: dict[str, Any], path: Path) -> str | None:
 def pick_median(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Of one cell's rounds, the measurement with the median main metric (so every column of the
     reported row comes from one real run); every round's value is kept in `rounds`."""
-    key = "rss_growth_kb_per_conn" if rows[0]["mode"] == "idle" else "server_us_per_frame"
+    key = main_key(rows[0]["mode"])
     ok = sorted((r for r in rows if r.get("ok") and r.get(key) is not None), key=lambda r: r[key])
     chosen = dict(ok[(len(ok) - 1) // 2] if ok else rows[0])
     chosen["rounds"] = [r.get(key) if r.get("ok") else None for r in rows]
     return chosen
 
 
-def run_benchmark(quick: bool, out_dir: Path, servers: list[str], rounds: int = 1) -> dict[str, Any]:
+def progress_line(row: dict[str, Any]) -> str:
+    if not row.get("ok"):
+        return f"failed: {row['error']}"
+    if row["mode"] == "idle":
+        return f"RSS growth {_fmt(row.get('rss_growth_kb_per_conn'), '.2f')} KB/conn"
+    if row["mode"] == "fair":
+        p50, p99 = row["bystander_p50_us"], row["bystander_p99_us"]
+        return (
+            f"bystander p50 {_fmt(p50 and p50 / 1000, '.2f')} ms, p99 {_fmt(p99 and p99 / 1000, '.2f')} ms;"
+            f" flooders {_fmt(row['flood_frames_per_s'], ',.0f')} frames/s,"
+            f" {_fmt(row['server_us_per_frame'], '.2f')} µs/frame, {row['flooders_closed']} flooders reset"
+        )
+    return (
+        f"{_fmt(row['frames_per_s'], ',.0f')} frames/s, {_fmt(row['server_us_per_frame'], '.2f')} µs/frame,"
+        f" p99 {_fmt(row['lat_p99_us'])} µs, client CPU {100 * row['client_cpu_util']:.0f}%"
+    )
+
+
+def run_benchmark(
+    quick: bool,
+    out_dir: Path,
+    servers: list[str],
+    rounds: int = 1,
+    only: list[str] | None = None,
+    f1_inflight: int | None = None,
+) -> dict[str, Any]:
+    """Measure `servers` (names as in --servers, `backend@REF` included) on the workloads (all, or
+    those named in `only`) and write DIR/latest.{json,md,png}."""
     started = time.monotonic()
     loadgen = build_loadgen()
     server_pin, client_pin, pin_note = pinning()
-    availability = server_availability(servers)
-    runnable = [s for s in servers if availability[s] is None]
-    wls, sweep = workloads(quick)
-    report: dict[str, Any] = {
-        "machine": machine_facts(),
-        "pinning": pin_note,
-        "quick": quick,
-        "loadavg_start": loadavg(),
-        "servers": availability,
-        "workloads": [asdict(w) for w in wls],
-        "rounds": rounds,
-    }
-    measured: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-logs-") as tmp:
+    all_wls, sweep = workloads(quick, f1_inflight)
+    e1_conns = next(w.conns for w in all_wls if w.name == "E1")
+    wls = [w for w in all_wls if only is None or w.name in only]
+    refs = list(dict.fromkeys(ref for s in servers if (ref := split_server(s)[1]) is not None))
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        trees: dict[str, RefTree] = {}
+        for ref in refs:
+            print(f"[bench] exporting {ref} and building its io_uring extension ...", file=sys.stderr)
+            wants_uring = any(split_server(s) == ("io_uring", ref) for s in servers)
+            trees[ref] = export_ref(ref, Path(tmp), build_uring=wants_uring)
+        availability = server_availability(servers, trees)
+        runnable = [s for s in servers if availability[s] is None]
+        report: dict[str, Any] = {
+            "machine": machine_facts(),
+            "pinning": pin_note,
+            "quick": quick,
+            "loadavg_start": loadavg(),
+            "servers": availability,
+            "workloads": [asdict(w) for w in wls],
+            "only": only,
+            "rounds": rounds,
+            "baseline_refs": {
+                ref: {"commit": t.commit, "uring_problem": t.uring_problem} for ref, t in trees.items()
+            },
+        }
+        measured: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        log_dir = Path(tmp) / "logs"
+        log_dir.mkdir()
         for i, wl in enumerate(wl for _ in range(rounds) for wl in wls):
             # alternate the order so no server always runs first (or last) after a change of workload
             order = runnable if i % 2 == 0 else runnable[::-1]
@@ -546,25 +847,15 @@ def run_benchmark(quick: bool, out_dir: Path, servers: list[str], rounds: int = 
                     f" (round {i // len(wls) + 1}/{rounds}) ...",
                     file=sys.stderr,
                 )
-                row = measure(server, wl, loadgen, server_pin, client_pin, Path(tmp))
-                if row.get("ok") and wl.mode == "idle":
-                    growth = row.get("rss_growth_kb_per_conn")
-                    print(f"[bench]   RSS growth {_fmt(growth, '.2f')} KB/conn", file=sys.stderr)
-                elif row.get("ok"):
-                    print(
-                        f"[bench]   {_fmt(row['frames_per_s'], ',.0f')} frames/s,"
-                        f" {_fmt(row['server_us_per_frame'], '.2f')} µs/frame,"
-                        f" p99 {_fmt(row['lat_p99_us'])} µs, client CPU {100 * row['client_cpu_util']:.0f}%",
-                        file=sys.stderr,
-                    )
-                else:
-                    print(f"[bench]   failed: {row['error']}", file=sys.stderr)
+                tree = trees.get(split_server(server)[1] or "")
+                row = measure(server, wl, loadgen, server_pin, client_pin, log_dir, tree)
+                print(f"[bench]   {progress_line(row)}", file=sys.stderr)
                 measured.setdefault((wl.name, server), []).append(row)
     rows = [pick_median(cell) for cell in measured.values()]
     rows.sort(key=lambda r: ([w.name for w in wls].index(r["workload"]), servers.index(r["server"])))
     report["results"] = rows
     report["loadavg_end"] = loadavg()
-    report["analysis"] = analyse(rows, runnable, sweep, wls[0].conns)
+    report["analysis"] = analyse(rows, runnable, sweep, e1_conns, [w.name for w in wls])
     report["wall_s"] = time.monotonic() - started
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_problem = plot(report, out_dir / "latest.png")
@@ -572,6 +863,34 @@ def run_benchmark(quick: bool, out_dir: Path, servers: list[str], rounds: int = 
     (out_dir / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "latest.md").write_text(render_markdown(report))
     return report
+
+
+def server_list(arg: str | None, refs: list[str]) -> list[str]:
+    """--servers (exact list, `backend@REF` allowed) or the default: every server, and each
+    framework backend at every --baseline-ref next to today's. Raises ValueError on a bad list."""
+    if arg is None:
+        out: list[str] = []
+        for base in SERVERS:
+            out.append(base)
+            if base in FRAMEWORK_BACKENDS:
+                out += [f"{base}@{ref}" for ref in refs]
+        return out
+    names = list(dict.fromkeys(s.strip() for s in arg.split(",") if s.strip()))
+    if not names:
+        raise ValueError("--servers names no server")
+    for name in names:
+        base, ref = split_server(name)
+        if ref is not None and base not in FRAMEWORK_BACKENDS:
+            raise ValueError(
+                f"--servers {name!r}: only the framework's backends ({', '.join(FRAMEWORK_BACKENDS)}) run at a git ref"
+            )
+    used = {split_server(n)[1] for n in names}
+    for ref in refs:
+        if ref not in used:
+            raise ValueError(
+                f"--baseline-ref {ref}: --servers names none of its rows (e.g. io_uring@{ref}, epoll@{ref})"
+            )
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -583,7 +902,32 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})"
     )
     parser.add_argument(
-        "--servers", default=",".join(SERVERS), help=f"comma-separated subset of {','.join(SERVERS)}"
+        "--servers",
+        default=None,
+        help=f"comma-separated servers to run, of {','.join(SERVERS)} and BACKEND@REF for a framework"
+        " backend at a git ref (default: all four, plus io_uring@REF and epoll@REF for each --baseline-ref)",
+    )
+    parser.add_argument(
+        "--baseline-ref",
+        action="append",
+        default=[],
+        metavar="GIT_REF",
+        help="also measure the framework at this commit (rows io_uring@REF, epoll@REF) in the same run;"
+        " repeatable",
+    )
+    parser.add_argument(
+        "--only",
+        default=None,
+        metavar="WORKLOADS",
+        help="comma-separated workloads to run (E1,E2,B1,M1,F1 and the sweep's S<conns>); default all",
+    )
+    parser.add_argument(
+        "--f1-inflight",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"frames each F1 flooder keeps in flight (default {F1_INFLIGHT}; --quick {F1_INFLIGHT_QUICK});"
+        " 0: no window, the flooders write whenever their socket takes more",
     )
     parser.add_argument(
         "--rounds",
@@ -593,11 +937,26 @@ def main(argv: list[str] | None = None) -> int:
         "machine's noise is large: 3 rounds make the ratios far steadier)",
     )
     args = parser.parse_args(argv)
-    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.f1_inflight is not None and args.f1_inflight < 0:
+        parser.error("--f1-inflight must be 0 (no window) or more")
+    refs = list(dict.fromkeys(r.strip() for r in args.baseline_ref if r.strip()))
     try:
-        report = run_benchmark(args.quick, args.out, servers, args.rounds)
+        servers = server_list(args.servers, refs)
+    except ValueError as exc:
+        parser.error(str(exc))
+    only: list[str] | None = None
+    if args.only is not None:
+        known = [w.name for w in workloads(args.quick)[0]]
+        only = list(dict.fromkeys(w.strip() for w in args.only.split(",") if w.strip()))
+        unknown = [w for w in only if w not in known]
+        if unknown or not only:
+            parser.error(
+                f"--only {args.only!r}: unknown workload(s) {unknown}; known here: {','.join(known)}"
+            )
+    try:
+        report = run_benchmark(args.quick, args.out, servers, args.rounds, only, args.f1_inflight)
     except RuntimeError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 2
