@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +22,13 @@ from framework.io.factory import backend_names, check_available, create_provider
 from framework.io.provider import AsyncIOProvider, CompletionResult
 
 WAIT_S = 10.0  # generous deadline for "this must eventually happen" waits (CPU contention)
+
+# Tests that stop a server process with SIGTERM (graceful drain) or freeze a peer with SIGSTOP:
+# on Windows `send_signal(SIGTERM)` is TerminateProcess and SIGSTOP/SIGKILL do not exist.
+needs_posix_signals = pytest.mark.skipif(
+    sys.platform == "win32",
+    reason="needs POSIX signals (SIGTERM drain, SIGSTOP/SIGKILL); Windows terminates processes outright",
+)
 
 
 def runnable_backends() -> list[str]:
