@@ -18,6 +18,13 @@ of an edge-triggered epoll:
 - EVFILT_READ reports EV_EOF once the peer's FIN (or an error) arrived, `data` = bytes readable;
   EVFILT_WRITE reports EV_EOF once nothing can be sent any more. Events beyond `max_events` stay
   queued for the next call, as knotes stay active in a real kqueue.
+`XnuSendRules` (switches of `install_macos_kernel`, both on by default) makes send(2)/sendmsg(2)
+of every socket in the process (as on macOS, the test's own peers too) answer as XNU and FreeBSD
+do after the peer's reset, where Linux would answer otherwise:
+- `epipe_before_reset`: EPIPE, never ECONNRESET (sosendcheck tests SS_CANTSENDMORE, which the
+  RST set, before so_error);
+- `async_rst`: a loopback RST is processed asynchronously there, so the first send after the
+  peer's abortive close still succeeds (its bytes are lost) and a later send fails.
 
 `StandinWindowsKernel` replaces the kernel32/ws2_32 functions `_windows_cffi.CDEF` declares. Each is
 a cffi callback of exactly the declared C type, so the backend's arguments go through the same
@@ -249,6 +256,49 @@ def _readable(fd: int) -> int:
         return 0
 
 
+class XnuSendRules:
+    """send/sendmsg answering as XNU/FreeBSD after a peer's reset (see the module docstring).
+    Installed on `socket.socket` for one test."""
+
+    def __init__(self, async_rst: bool, epipe_before_reset: bool) -> None:
+        self.async_rst = async_rst
+        self.epipe_before_reset = epipe_before_reset
+        self.lost_sends = 0  # sends that "succeeded" before the RST was processed
+        self._reset_seen: set[tuple[int, tuple[int, int] | None]] = set()
+
+    def install(self, monkeypatch: Any) -> None:
+        for name in ("send", "sendmsg"):
+            monkeypatch.setattr(socket.socket, name, self._wrap(getattr(socket.socket, name)))
+
+    def _wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        rules = self
+
+        def send(sock: socket.socket, data: Any, *args: Any) -> Any:
+            try:
+                return real(sock, data, *args)
+            except OSError as exc:
+                if exc.errno not in (errno.ECONNRESET, errno.EPIPE):
+                    raise
+                return rules._after_reset(sock, data, exc)
+
+        return send
+
+    def _after_reset(self, sock: socket.socket, data: Any, exc: OSError) -> int:
+        key = (sock.fileno(), _identity(sock.fileno()))
+        # Linux reports the reset itself (so_error) once as ECONNRESET; EPIPE alone is our own
+        # shutdown or a reset already reported, which no RST in flight can make succeed.
+        if self.async_rst and exc.errno == errno.ECONNRESET and key not in self._reset_seen:
+            self._reset_seen.add(key)  # the RST is still "in flight": this send goes into the void
+            self.lost_sends += 1
+            if isinstance(data, list):
+                return sum(len(memoryview(b)) for b in data)
+            return len(memoryview(data))
+        self._reset_seen.add(key)
+        if self.epipe_before_reset:
+            raise OSError(errno.EPIPE, os.strerror(errno.EPIPE)) from None
+        raise exc
+
+
 class StandinSelect:
     """What the kqueue backend takes from `select` on macOS: kqueue, kevent and the constants."""
 
@@ -263,9 +313,12 @@ class StandinSelect:
     KQ_EV_EOF = KQ_EV_EOF
 
 
-def install_macos_kernel(monkeypatch: Any) -> None:
+def install_macos_kernel(
+    monkeypatch: Any, *, async_rst: bool = True, epipe_before_reset: bool = True
+) -> XnuSendRules:
     """Point the kqueue backend at the stand-in (only what kqueue.py looks up), and take eventfd
-    away (macOS has none), so the backend's pipe wake-up runs as it does there."""
+    away (macOS has none), so the backend's pipe wake-up runs as it does there. The switches model
+    XNU's send(2) after a peer reset (see the module docstring); both default to the real OS."""
     from framework.io.backends import kqueue as kqueue_module
 
     for name in (
@@ -280,6 +333,9 @@ def install_macos_kernel(monkeypatch: Any) -> None:
     monkeypatch.setattr(kqueue_module, "_new_kqueue", StandinKqueue)
     monkeypatch.setattr(kqueue_module, "_kevent", StandinKevent)
     monkeypatch.delattr(os, "eventfd", raising=False)
+    rules = XnuSendRules(async_rst, epipe_before_reset)
+    rules.install(monkeypatch)
+    return rules
 
 
 # ================================================================================ Windows (IOCP)

@@ -369,6 +369,41 @@ def test_failed_changes_are_skipped_or_applied_one_by_one_mocked_macos_kernel(
     assert retry[3][0] is None and retry[3][1] == 32
 
 
+def test_a_pending_delete_survives_a_watch_and_unwatch_before_the_wait_mocked_macos_kernel(
+    recording_kernel, kq_provider, sockets
+):
+    kq, p = recording_kernel, kq_provider
+    a, _b = _pair(sockets)
+    assert p.register_socket(a)
+    results: list[CompletionResult] = []
+    p.process_completions(0, 8, results)  # a's filters are in the kernel now
+    assert p.unregister_socket(a)  # EV_DELETE queued for the next wait ...
+    assert p.register_socket(a) and p.unregister_socket(a)  # ... and must survive this
+    p.process_completions(0, 8, results)
+    deletes = [c for c in kq.calls[-1][0] or [] if c[0] == a.fileno() and c[2] == KQ_EV_DELETE]
+    assert deletes == [(a.fileno(), KQ_FILTER_READ, KQ_EV_DELETE), (a.fileno(), KQ_FILTER_WRITE, KQ_EV_DELETE)]
+
+
+def test_a_failed_change_does_not_delay_ready_events_by_a_call_mocked_macos_kernel(
+    epoll_kernel, kq_provider, sockets, collector
+):
+    # The stand-in follows kevent(2): when a change fails, the call returns the error entries
+    # only and collects no events, so the backend must wait again in the same turn.
+    p = kq_provider
+    a, b = _pair(sockets)
+    c, _d = _pair(sockets)
+    assert p.register_socket(a) and p.register_socket(c)
+    results: list[CompletionResult] = []
+    p.process_completions(0, 8, results)  # both registered in the (stand-in) kernel
+    op_id = p.recv_async(a, bytearray(16), collector)  # nothing there yet: waits for an edge
+    c.close()
+    assert p.unregister_socket(c)  # its EV_DELETE fails (closed: EBADF) with the next wait
+    b.sendall(b"ready")
+    # One non-blocking turn must see it (a blocking one would just wait again and hide the delay).
+    assert p.process_completions(0, 8, results) == 1
+    assert results[0].operation_id == op_id and results[0].bytes_transferred == 5
+
+
 def _accept_and_connect(
     p: AsyncIOProvider, lst: socket.socket, client: socket.socket, sockets: list[socket.socket]
 ) -> tuple[socket.socket, Any]:
