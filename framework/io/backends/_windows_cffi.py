@@ -371,12 +371,13 @@ def load() -> WinLibs:
 
 def winerror_exc(code: int, what: str) -> OSError:
     """An OSError carrying a Windows error code (`.winerror`), readable on any OS."""
-    message = f"{what} failed"
-    getwinerror = getattr(ffi, "getwinerror", None)
-    if getwinerror is not None:
-        found = getwinerror(code)
-        if found:
-            message = f"{what}: {found[1]}"
+    message = f"{what} failed (error {code})"
+    try:
+        found = ffi.getwinerror(code)  # type: ignore[attr-defined]  # Windows only
+    except AttributeError:  # off Windows (the stand-in kernels) there is no message table
+        found = None
+    if found:
+        message = f"{what}: {found[1]}"
     exc = OSError(message)
     exc.winerror = code  # type: ignore[attr-defined]
     return exc
