@@ -55,8 +55,10 @@ SOAK_SECONDS ?= 600
 soak: $(STAMP)
 	$(PY) -m loadtests.soak --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
 
+# ruff, and the CI workflow against GitHub's workflow schema (bundled with check-jsonschema: offline).
 lint: $(STAMP)
 	$(PY) -m ruff check framework examples tests benchmarks loadtests
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
 
 clean:
 	rm -rf $(VENV) build *.egg-info framework/io/backends/_uring*.so

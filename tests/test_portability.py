@@ -26,3 +26,15 @@ def test_every_test_module_imports_with_resource_and_proc_absent(target):
     modules = sorted(p.name for p in TESTS.glob("test_*.py"))
     collected = {line.split("::")[0].rpartition("/")[2] for line in proc.stdout.splitlines() if "::" in line}
     assert [m for m in modules if m not in collected] == []
+
+
+def test_ci_workflow_is_valid_against_githubs_workflow_schema():
+    # `make lint` runs the same check; here it also guards `make test`. The schema ships inside
+    # check-jsonschema (vendor.github-workflows), so this needs no network.
+    pytest.importorskip("check_jsonschema", reason="check-jsonschema is a dev extra (pip install -e '.[dev]')")
+    proc = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
+         str(ROOT / ".github" / "workflows" / "ci.yml")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
