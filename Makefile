@@ -67,8 +67,10 @@ sanitize: $(STAMP)
 		$(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS) $(PYTEST_ARGS); \
 		status=$$?; $(PY) framework/io/backends/_uring_build.py; exit $$status
 
+# ruff, and the CI workflow against GitHub's workflow schema (bundled with check-jsonschema: offline).
 lint: $(STAMP)
 	$(PY) -m ruff check framework examples tests benchmarks loadtests
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
 
 clean:
 	rm -rf $(VENV) build *.egg-info framework/io/backends/_uring*.so

@@ -5,7 +5,7 @@ must stay flat, and return to the idle baseline when the bots leave.
 
 (`make soak` runs this; `SOAK_SECONDS` sets the default duration.) A steady group of bots plays for
 the whole run while a churn group reconnects in rounds, so connection set-up and tear-down are
-soaked too. The server's /proc/<pid> is sampled every `--interval` seconds (RSS, open descriptors,
+soaked too. The server process is sampled (psutil) every `--interval` seconds (RSS, open descriptors,
 threads) together with its session count (from its 1 s "stats" log lines). Written to OUT:
 samples.csv, server.log, bots-*.log and soak.png (when matplotlib is available).
 
@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from loadtests.run import ROOT, free_port, start_server, stop_server, wait_listening
 
 
@@ -41,15 +43,19 @@ class Sample:
     sessions: int
 
 
+def fd_count(pid: int | None = None) -> int:
+    """Open descriptors of a process (default: this one), through psutil on every OS. Windows
+    sockets are handles, so there the handle count stands in."""
+    proc = psutil.Process(pid)
+    return proc.num_handles() if sys.platform == "win32" else proc.num_fds()
+
+
 def proc_sample(pid: int, t: float, sessions: int) -> Sample:
-    rss_kb = threads = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss_kb = int(line.split()[1])
-            elif line.startswith("Threads:"):
-                threads = int(line.split()[1])
-    return Sample(round(t, 2), round(rss_kb / 1024, 2), len(os.listdir(f"/proc/{pid}/fd")), threads, sessions)
+    proc = psutil.Process(pid)
+    with proc.oneshot():
+        rss = proc.memory_info().rss
+        threads = proc.num_threads()
+    return Sample(round(t, 2), round(rss / 2**20, 2), fd_count(pid), threads, sessions)
 
 
 class StatsTail:
@@ -167,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         wait_listening("127.0.0.1", port, server, 30.0)
         time.sleep(1.0)  # let the probe connection of wait_listening close
-        baseline_fds = len(os.listdir(f"/proc/{server.pid}/fd"))
+        baseline_fds = fd_count(server.pid)
         t0 = time.monotonic()
         steady = start_bots(port, args.bots, args.seconds, out / "bots-steady.log", 1)
         bots.append(steady)

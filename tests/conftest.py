@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,9 +19,16 @@ import pytest
 
 from framework.io.errors import BackendUnavailable
 from framework.io.factory import backend_names, check_available, create_provider, provider_class
-from framework.io.provider import AsyncIOProvider, CompletionResult
+from framework.io.provider import AsyncIOProvider, CompletionResult, Status
 
 WAIT_S = 10.0  # generous deadline for "this must eventually happen" waits (CPU contention)
+
+# Tests that stop a server process with SIGTERM (graceful drain) or freeze a peer with SIGSTOP:
+# on Windows `send_signal(SIGTERM)` is TerminateProcess and SIGSTOP/SIGKILL do not exist.
+needs_posix_signals = pytest.mark.skipif(
+    sys.platform == "win32",
+    reason="needs POSIX signals (SIGTERM drain, SIGSTOP/SIGKILL); Windows terminates processes outright",
+)
 
 
 def runnable_backends() -> list[str]:
@@ -46,6 +54,8 @@ def standin_backends() -> list[str]:
             names.append("kqueue-mocked_macos_kernel")
         if "iocp" not in RUNNABLE_BACKENDS:
             names.append("iocp-mocked_windows_kernel")
+        if "rio" not in RUNNABLE_BACKENDS:
+            names.append("rio-mocked_windows_kernel")
     return names
 
 
@@ -159,17 +169,49 @@ def make_listener(sockets: list[socket.socket]) -> Callable[..., socket.socket]:
     return make
 
 
+def _registered_io_pair(
+    p: Any, lst: socket.socket, sndbuf: int | None, rcvbuf: int | None, owned: list[socket.socket]
+) -> tuple[socket.socket, socket.socket]:
+    client = p.create_socket(lst.family)
+    owned.append(client)
+    if sndbuf is not None:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    if rcvbuf is not None:
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # inherited by the accepted socket
+    done = Collector()
+    assert p.register_socket(lst) and p.register_socket(client), p.last_error
+    accept_id = p.accept_async(lst, done)
+    connect_id = p.connect_async(client, lst.getsockname()[:2], done, timeout_ms=int(WAIT_S * 1000))
+    pump(p, lambda: len(done) == 2)
+    assert done.by_id(connect_id).status == Status.SUCCESS, done.results
+    server = done.by_id(accept_id).accepted[0]
+    owned.append(server)
+    assert p.unregister_socket(client) and p.unregister_socket(lst)  # the test registers what it wants
+    for s in (client, server):
+        s.setblocking(True)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client, server
+
+
 @pytest.fixture
 def make_pair(
-    sockets: list[socket.socket], make_listener: Callable[..., socket.socket]
+    sockets: list[socket.socket], make_listener: Callable[..., socket.socket], request: pytest.FixtureRequest
 ) -> Callable[..., tuple[socket.socket, socket.socket]]:
     """make_pair(host="127.0.0.1", sndbuf=None, rcvbuf=None) -> (client, server): a connected TCP
     pair over loopback, both blocking until a provider registers them. `sndbuf`/`rcvbuf` are set
-    on the client/server before connecting (so the window is negotiated small)."""
+    on the client/server before connecting (so the window is negotiated small). For the RIO
+    backend both ends are Registered-I/O sockets (made by ConnectEx and AcceptEx through the
+    provider), so the contract runs RIO's data path, not the IOCP path of plain sockets."""
+
+    callspec = getattr(request.node, "callspec", None)
+    rio = callspec is not None and str(callspec.params.get("provider", "")).startswith("rio")
 
     def make(
         host: str = "127.0.0.1", sndbuf: int | None = None, rcvbuf: int | None = None
     ) -> tuple[socket.socket, socket.socket]:
+        if rio:
+            p = request.getfixturevalue("provider")
+            return _registered_io_pair(p, make_listener(host, 1), sndbuf, rcvbuf, sockets)
         lst = make_listener(host, 1)
         client = socket.socket(lst.family, socket.SOCK_STREAM)
         sockets.append(client)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import signal
 import socket
 import struct
@@ -27,6 +26,7 @@ from typing import Any
 
 import msgpack
 from hypothesis import HealthCheck, settings
+from sessionkit import fd_count  # noqa: F401  (re-exported for the reliability tests)
 
 from framework.session.session import Session
 
@@ -149,13 +149,7 @@ def closing_all(socks: list[socket.socket]) -> Iterator[list[socket.socket]]:
 
 
 # ---------------------------------------------------------------------------------------------- process
-def fd_count(pid: int | str = "self") -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+# fd_count lives in loadtests/soak.py (one portable implementation, through psutil).
 
 
 # ---------------------------------------------------------------------------------------------- servers
@@ -282,7 +276,14 @@ def round_trip(sock: socket.socket, obj: Any) -> None:
     assert recv_message(sock) == obj
 
 
+try:
+    import resource  # POSIX only: Windows has no RLIMIT_NOFILE (callers skip there)
+except ImportError:
+    resource = None  # type: ignore[assignment]
+
+
 def _limit_nofile(soft: int) -> None:
+    assert resource is not None, "RLIMIT_NOFILE needs the POSIX resource module"
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 

@@ -4,7 +4,6 @@ a blocking loopback frame client (the peer under test is always the real framewo
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import struct
 import threading
@@ -17,6 +16,7 @@ import msgpack
 from framework.config import Settings, load_settings
 from framework.io.factory import available_backends
 from framework.session import Server, Session
+from loadtests.soak import fd_count  # noqa: F401  (portable, through psutil; re-exported)
 
 WAIT_S = 15.0  # generous: the machine is shared and the CPU contended
 BACKENDS = available_backends()
@@ -166,5 +166,3 @@ class FrameClient:
         self.sock.close()
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))

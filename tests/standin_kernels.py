@@ -18,6 +18,13 @@ of an edge-triggered epoll:
 - EVFILT_READ reports EV_EOF once the peer's FIN (or an error) arrived, `data` = bytes readable;
   EVFILT_WRITE reports EV_EOF once nothing can be sent any more. Events beyond `max_events` stay
   queued for the next call, as knotes stay active in a real kqueue.
+`XnuSendRules` (switches of `install_macos_kernel`, both on by default) makes send(2)/sendmsg(2)
+of every socket in the process (as on macOS, the test's own peers too) answer as XNU and FreeBSD
+do after the peer's reset, where Linux would answer otherwise:
+- `epipe_before_reset`: EPIPE, never ECONNRESET (sosendcheck tests SS_CANTSENDMORE, which the
+  RST set, before so_error);
+- `async_rst`: a loopback RST is processed asynchronously there, so the first send after the
+  peer's abortive close still succeeds (its bytes are lost) and a later send fails.
 
 `StandinWindowsKernel` replaces the kernel32/ws2_32 functions `_windows_cffi.CDEF` declares. Each is
 a cffi callback of exactly the declared C type, so the backend's arguments go through the same
@@ -34,7 +41,7 @@ with pending requests plus a wake-up eventfd. IOCP facts kept:
   taken; requests of one socket complete in the order they were issued;
 - CancelIoEx completes the request (if it has not finished yet) with STATUS_CANCELLED; it fails
   with ERROR_NOT_FOUND for a request that is not pending on that handle. Closing a socket (through
-  closesocket or Python's close) aborts its requests the same way;
+  closesocket or Python's close) aborts its requests with `close_abort_status`;
 - AcceptEx needs an unconnected accept socket and address space of max address + 16 bytes; the
   accepted socket becomes a normal connected socket only after SO_UPDATE_ACCEPT_CONTEXT (before,
   getpeername fails); ConnectEx needs a bound socket and SO_UPDATE_CONNECT_CONTEXT afterwards;
@@ -42,6 +49,32 @@ with pending requests plus a wake-up eventfd. IOCP facts kept:
 - GetQueuedCompletionStatusEx fills OVERLAPPED_ENTRY records and fails with WAIT_TIMEOUT when the
   timeout passes; PostQueuedCompletionStatus wakes it from any thread; GetLastError/WSAGetLastError
   are per thread (`last_error` replaces `_windows_cffi.last_error`, which reads cffi's copy).
+Switches of `StandinWindowsKernel` (defaults: what Windows does, where Linux would differ):
+- `close_abort_status` (STATUS_LOCAL_DISCONNECT): closing a socket aborts its pending requests with
+  a status that is not STATUS_CANCELLED, as closing a connected socket may on Windows;
+- `async_rst` (on): the first send after the peer's abortive close still succeeds (the loopback
+  RST is not processed yet); later ones fail with WSAECONNRESET. A send after our own
+  shutdown(SD_SEND) fails with WSAESHUTDOWN, not WSAECONNRESET (Linux says EPIPE to both);
+- `accept_immediate` (on): AcceptEx with a connection already waiting completes in the call
+  (returns TRUE; the packet is still queued);
+- `connect_refused_delay_s` (1.0): a refused ConnectEx completes only after Windows' SYN retries
+  (about 1-2 s), never at once;
+- `dirty_internal` (on): only the low 32 bits of OVERLAPPED.Internal hold the NTSTATUS; the upper
+  half is left dirty (it is shared with a pointer in IO_STATUS_BLOCK);
+- `faults`: {function name: Winsock error} makes that function fail once (fault injection).
+The Registered I/O table (WSAIoctl SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER) is stood in for too:
+- RIORegisterBuffer/RIODeregisterBuffer: RIO_BUF (id, offset, length) must lie inside a registered
+  buffer; deregistering a buffer a request still uses is a misuse;
+- RIOCreateRequestQueue: only on a socket created with WSA_FLAG_REGISTERED_IO, one per socket,
+  and the completion queue must have room for every request the queue can hold (WSAENOBUFS);
+- RIOSend/RIOReceive: at most the queue's depth outstanding (WSAENOBUFS); RIO_MSG_DEFER requests
+  start only when committed (RIO_MSG_COMMIT_ONLY or a later undeferred call); per socket and
+  direction they complete in order; a send completes when all its bytes went, a receive with
+  what arrived (0 = the peer closed); there is no way to cancel one: closing the socket ends them
+  with WSAECONNABORTED;
+- completions go to the completion queue (overflowing it is a misuse); RIONotify arms one IOCP
+  packet (key, OVERLAPPED of RIOCreateCompletionQueue) for when the queue is not empty, fails
+  with WSAEALREADY when already armed; RIODequeueCompletion fills RIORESULTs.
 Misuse of an API (what the real kernel would reject or leave undefined) is recorded in `errors`;
 the contract fixture fails the test when any was recorded.
 """
@@ -249,6 +282,49 @@ def _readable(fd: int) -> int:
         return 0
 
 
+class XnuSendRules:
+    """send/sendmsg answering as XNU/FreeBSD after a peer's reset (see the module docstring).
+    Installed on `socket.socket` for one test."""
+
+    def __init__(self, async_rst: bool, epipe_before_reset: bool) -> None:
+        self.async_rst = async_rst
+        self.epipe_before_reset = epipe_before_reset
+        self.lost_sends = 0  # sends that "succeeded" before the RST was processed
+        self._reset_seen: set[tuple[int, tuple[int, int] | None]] = set()
+
+    def install(self, monkeypatch: Any) -> None:
+        for name in ("send", "sendmsg"):
+            monkeypatch.setattr(socket.socket, name, self._wrap(getattr(socket.socket, name)))
+
+    def _wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        rules = self
+
+        def send(sock: socket.socket, data: Any, *args: Any) -> Any:
+            try:
+                return real(sock, data, *args)
+            except OSError as exc:
+                if exc.errno not in (errno.ECONNRESET, errno.EPIPE):
+                    raise
+                return rules._after_reset(sock, data, exc)
+
+        return send
+
+    def _after_reset(self, sock: socket.socket, data: Any, exc: OSError) -> int:
+        key = (sock.fileno(), _identity(sock.fileno()))
+        # Linux reports the reset itself (so_error) once as ECONNRESET; EPIPE alone is our own
+        # shutdown or a reset already reported, which no RST in flight can make succeed.
+        if self.async_rst and exc.errno == errno.ECONNRESET and key not in self._reset_seen:
+            self._reset_seen.add(key)  # the RST is still "in flight": this send goes into the void
+            self.lost_sends += 1
+            if isinstance(data, list):
+                return sum(len(memoryview(b)) for b in data)
+            return len(memoryview(data))
+        self._reset_seen.add(key)
+        if self.epipe_before_reset:
+            raise OSError(errno.EPIPE, os.strerror(errno.EPIPE)) from None
+        raise exc
+
+
 class StandinSelect:
     """What the kqueue backend takes from `select` on macOS: kqueue, kevent and the constants."""
 
@@ -263,9 +339,12 @@ class StandinSelect:
     KQ_EV_EOF = KQ_EV_EOF
 
 
-def install_macos_kernel(monkeypatch: Any) -> None:
+def install_macos_kernel(
+    monkeypatch: Any, *, async_rst: bool = True, epipe_before_reset: bool = True
+) -> XnuSendRules:
     """Point the kqueue backend at the stand-in (only what kqueue.py looks up), and take eventfd
-    away (macOS has none), so the backend's pipe wake-up runs as it does there."""
+    away (macOS has none), so the backend's pipe wake-up runs as it does there. The switches model
+    XNU's send(2) after a peer reset (see the module docstring); both default to the real OS."""
     from framework.io.backends import kqueue as kqueue_module
 
     for name in (
@@ -280,6 +359,9 @@ def install_macos_kernel(monkeypatch: Any) -> None:
     monkeypatch.setattr(kqueue_module, "_new_kqueue", StandinKqueue)
     monkeypatch.setattr(kqueue_module, "_kevent", StandinKevent)
     monkeypatch.delattr(os, "eventfd", raising=False)
+    rules = XnuSendRules(async_rst, epipe_before_reset)
+    rules.install(monkeypatch)
+    return rules
 
 
 # ================================================================================ Windows (IOCP)
@@ -293,6 +375,9 @@ STATUS_INVALID_CONNECTION = 0xC0000140
 STATUS_CONNECTION_RESET = 0xC000020D
 STATUS_CONNECTION_REFUSED = 0xC0000236
 STATUS_CONNECTION_ABORTED = 0xC0000241
+STATUS_LOCAL_DISCONNECT = 0xC000013B
+STATUS_PIPE_DISCONNECTED = 0xC00000B0
+_DIRTY_HIGH = 0x5A5A_0000_0000_0000  # what the upper half of OVERLAPPED.Internal may hold
 
 ERROR_INVALID_HANDLE = 6
 WSA_IO_INCOMPLETE = 996
@@ -302,11 +387,17 @@ WSAENOPROTOOPT = 10042
 WSAEADDRNOTAVAIL = 10049
 WSAEISCONN = 10056
 WSAENOTCONN = 10057
+WSAEALREADY = 10037
+WSAENOBUFS = 10055
+WSAECONNABORTED = 10053
+WSAECONNRESET = 10054
+WSAESHUTDOWN = 10058
 
 # errno of the Linux syscall -> (NTSTATUS left in OVERLAPPED.Internal, Winsock error of that status)
 _ERRNO_TO_STATUS = {
     errno.ECONNRESET: (STATUS_CONNECTION_RESET, 10054),
-    errno.EPIPE: (STATUS_CONNECTION_RESET, 10054),  # Linux's "peer gone" on send; Windows: WSAECONNRESET
+    # EPIPE: our own shutdown, or a reset Linux already reported (_status_of tells them apart)
+    errno.EPIPE: (STATUS_PIPE_DISCONNECTED, WSAESHUTDOWN),
     errno.ECONNREFUSED: (STATUS_CONNECTION_REFUSED, 10061),
     errno.ETIMEDOUT: (STATUS_IO_TIMEOUT, 10060),
     errno.ECONNABORTED: (STATUS_CONNECTION_ABORTED, 10053),
@@ -316,6 +407,7 @@ _ERRNO_TO_STATUS = {
 }
 _STATUS_TO_WSA = {status: wsa for status, wsa in _ERRNO_TO_STATUS.values()}
 _STATUS_TO_WSA[STATUS_CANCELLED] = win.ERROR_OPERATION_ABORTED
+_STATUS_TO_WSA[STATUS_LOCAL_DISCONNECT] = WSAECONNABORTED
 
 _FN_TYPES = {  # extension GUID -> function pointer type (mswsock.h)
     win.WSAID_ACCEPTEX: "LPFN_ACCEPTEX",
@@ -342,7 +434,7 @@ def _borrow(fd: int) -> socket.socket:
 class _Request:
     """One overlapped request the stand-in kernel owns until its packet is queued."""
 
-    __slots__ = ("accept_fd", "address", "bufs", "done", "fd", "kind", "out", "ov")
+    __slots__ = ("accept_fd", "address", "bufs", "delay_until", "done", "fd", "kind", "out", "ov")
 
     def __init__(self, kind: str, fd: int, ov: Any) -> None:
         self.kind = kind  # "recv", "send", "accept", "connect"
@@ -353,6 +445,7 @@ class _Request:
         self.accept_fd = -1
         self.address: Any = None
         self.out: tuple[Any, int, int, int] | None = None  # AcceptEx output buffer and lengths
+        self.delay_until = 0.0  # a refused connect reports only then (Windows retries the SYN)
 
 
 class _Port:
@@ -380,6 +473,8 @@ class _SockState:
         self.accepted_fd = -1  # AcceptEx done, SO_UPDATE_ACCEPT_CONTEXT not yet
         self.accepted_from = -1
         self.connected = False  # ConnectEx succeeded
+        self.reset = False  # the peer's reset was seen (a later EPIPE means WSAECONNRESET)
+        self.rio: _RioRq | None = None  # its Registered I/O request queue
 
     def pending(self) -> list[_Request]:
         return [*self.recvs, *self.sends, *self.accepts, *([self.connect] if self.connect else [])]
@@ -389,7 +484,22 @@ class StandinWindowsKernel:
     """kernel32 + ws2_32 for the IOCP backend; see the module docstring. `kernel32` and `ws2_32`
     are namespaces of cffi callbacks with the declared C types."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        close_abort_status: int = STATUS_LOCAL_DISCONNECT,
+        async_rst: bool = True,
+        accept_immediate: bool = True,
+        connect_refused_delay_s: float = 1.0,
+        dirty_internal: bool = True,
+    ) -> None:
+        self.close_abort_status = close_abort_status
+        self.async_rst = async_rst
+        self.accept_immediate = accept_immediate
+        self.connect_refused_delay_s = connect_refused_delay_s
+        self.dirty_internal = dirty_internal
+        self.faults: dict[str, int] = {}
+        self.lost_sends = 0
         self.errors: list[str] = []
         self._tls = threading.local()
         self._lock = threading.Lock()
@@ -411,6 +521,7 @@ class StandinWindowsKernel:
             guid: self._callback(fntype, getattr(self, "_" + fntype[len("LPFN_") :]), fntype)
             for guid, fntype in _FN_TYPES.items()
         }
+        self._rio = _StandinRio(self)
 
     # ---- plumbing
     def _callback(self, ctype: str, impl: Callable[..., Any], name: str) -> Any:
@@ -424,6 +535,10 @@ class StandinWindowsKernel:
 
         def counted(*args: Any) -> Any:
             self.calls[name] = self.calls.get(name, 0) + 1
+            fault = self.faults.pop(name, None)
+            if fault is not None:
+                self._set_error(fault)
+                return fault if name == "RIONotify" else error  # RIONotify returns its error
             return impl(*args)
 
         kwargs: dict[str, Any] = {"onerror": onerror}
@@ -469,7 +584,7 @@ class StandinWindowsKernel:
 
     def _finish(self, st: _SockState, req: _Request, status: int, nbytes: int, sync: bool = False) -> None:
         """The request is over: fill its OVERLAPPED and queue its packet."""
-        req.ov.Internal = status
+        req.ov.Internal = status | (_DIRTY_HIGH if self.dirty_internal else 0)
         req.ov.InternalHigh = nbytes
         if sync and status == 0 and st.skip_on_success:
             return
@@ -477,9 +592,11 @@ class StandinWindowsKernel:
         self._post(st.port, st.key, req.ov, nbytes)
 
     def _abort_all(self, st: _SockState) -> None:
-        """The socket was closed: every pending request ends with STATUS_CANCELLED."""
+        """The socket was closed: every pending request ends with `close_abort_status`."""
         for req in st.pending():
-            self._finish(st, req, STATUS_CANCELLED, req.done)  # the accept socket stays the caller's
+            self._finish(st, req, self.close_abort_status, req.done)  # the accept socket stays the caller's
+        if st.rio is not None:
+            self._rio.abort(st.rio)
         st.recvs.clear()
         st.sends.clear()
         st.accepts.clear()
@@ -578,6 +695,7 @@ class StandinWindowsKernel:
         while True:
             for st in [s for s in self._socks.values() if s.port is port]:
                 self._drive(st)
+            self._rio.drive(port)
             with port.lock:
                 n = min(count, len(port.packets))
                 batch = [port.packets.popleft() for _ in range(n)]
@@ -587,6 +705,7 @@ class StandinWindowsKernel:
                     entries[i].lpOverlapped = ov
                     entries[i].Internal = ov.Internal if ov != ffi.NULL else 0
                     entries[i].dwNumberOfBytesTransferred = nbytes
+                self._rio.check_overflow()
                 removed[0] = n
                 return 1
             left = None if deadline is None else deadline - time.monotonic()
@@ -604,10 +723,17 @@ class StandinWindowsKernel:
             mask = 0
             if st.recvs or st.accepts:
                 mask |= select.POLLIN
-            if st.sends or st.connect:
+            if st.sends or (st.connect and not st.connect.delay_until):
                 mask |= select.POLLOUT
+            if st.connect and st.connect.delay_until:
+                seconds = min(seconds, max(0.0, st.connect.delay_until - time.monotonic()))
             if mask:
                 poller.register(self._io_fd(st), mask)
+        for fd, mask in self._rio.poll_interest(port):
+            try:
+                poller.modify(fd, mask)
+            except OSError:
+                poller.register(fd, mask)
         poller.poll(max(0, int(seconds * 1000)))
         try:
             os.eventfd_read(port.wake)
@@ -640,7 +766,7 @@ class StandinWindowsKernel:
         except BlockingIOError:
             return False
         except OSError as exc:
-            self._finish(st, req, self._status_of(exc), 0)
+            self._finish(st, req, self._status_of(exc, st), 0)
             return True
         finally:
             s.detach()
@@ -649,23 +775,32 @@ class StandinWindowsKernel:
 
     def _try_send(self, st: _SockState, req: _Request, sync: bool = False) -> bool:
         total = sum(len(b) for b in req.bufs)
-        s = _borrow(self._io_fd(st))
-        try:
-            while req.done < total:
-                views = _skip(req.bufs, req.done)
-                try:
-                    req.done += s.sendmsg(views, [], socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
-                except BlockingIOError:
-                    return False
-                except OSError as exc:
-                    self._finish(st, req, self._status_of(exc), req.done)
-                    return True
-        finally:
-            s.detach()
+        while req.done < total:
+            try:
+                req.done += self._sendmsg(st, _skip(req.bufs, req.done))
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                self._finish(st, req, self._status_of(exc, st), req.done)
+                return True
         self._finish(st, req, 0, total, sync)
         return True
 
-    def _try_accept(self, st: _SockState, req: _Request) -> bool:
+    def _sendmsg(self, st: _SockState, views: list[Any]) -> int:
+        """One non-blocking sendmsg on the socket, as Windows answers it (`async_rst`)."""
+        s = _borrow(self._io_fd(st))
+        try:
+            return s.sendmsg(views, [], socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except OSError as exc:
+            if exc.errno == errno.ECONNRESET and self.async_rst and not st.reset:
+                st.reset = True  # the RST is not processed yet: these bytes go into the void
+                self.lost_sends += 1
+                return sum(len(memoryview(v)) for v in views)
+            raise
+        finally:
+            s.detach()
+
+    def _try_accept(self, st: _SockState, req: _Request, sync: bool = False) -> bool:
         lst = _borrow(st.fd)
         try:
             while True:
@@ -676,7 +811,9 @@ class StandinWindowsKernel:
                 except OSError as exc:
                     if exc.errno == errno.ECONNABORTED:
                         continue
-                    self._finish(st, req, self._status_of(exc), 0)
+                    if sync:
+                        return False  # pended: the request fails through its packet
+                    self._finish(st, req, self._status_of(exc, st), 0)
                     return True
                 break
         finally:
@@ -687,7 +824,9 @@ class StandinWindowsKernel:
         except OSError as exc:  # reset before we looked: try the next connection
             conn.detach()
             os.close(fd)
-            self._finish(st, req, self._status_of(exc), 0)
+            if sync:
+                return False
+            self._finish(st, req, self._status_of(exc, st), 0)
             return True
         conn.detach()
         target = self._state(req.accept_fd)
@@ -699,10 +838,15 @@ class StandinWindowsKernel:
         for addr, at in ((local, recv_len), (remote, recv_len + local_len)):
             sa, n = win.sockaddr_from_address(family, addr)
             ffi.memmove(buf + at, sa, n)
-        self._finish(st, req, 0, 0)
+        self._finish(st, req, 0, 0, sync)
         return True
 
     def _try_connect(self, st: _SockState, req: _Request) -> bool:
+        if req.delay_until:  # refused: reported once Windows would have given up retrying
+            if time.monotonic() < req.delay_until:
+                return False
+            self._finish(st, req, STATUS_CONNECTION_REFUSED, 0)
+            return True
         poller = select.poll()
         poller.register(st.fd, select.POLLOUT)
         if not poller.poll(0):
@@ -712,6 +856,9 @@ class StandinWindowsKernel:
             err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         finally:
             s.detach()
+        if err == errno.ECONNREFUSED and self.connect_refused_delay_s > 0:
+            req.delay_until = time.monotonic() + self.connect_refused_delay_s
+            return False
         if err:
             self._finish(st, req, _ERRNO_TO_STATUS.get(err, (STATUS_INVALID_CONNECTION, 0))[0], 0)
         else:
@@ -719,16 +866,22 @@ class StandinWindowsKernel:
             self._finish(st, req, 0, 0)
         return True
 
-    def _status_of(self, exc: OSError) -> int:
+    def _status_of(self, exc: OSError, st: _SockState | None = None) -> int:
+        if st is not None and exc.errno == errno.ECONNRESET:
+            st.reset = True
+        if st is not None and exc.errno == errno.EPIPE and st.reset:
+            return STATUS_CONNECTION_RESET  # Windows keeps saying "reset" to every later send
         mapped = _ERRNO_TO_STATUS.get(exc.errno or 0)
         if mapped is None:
             self._misuse(f"no NTSTATUS emulated for {exc!r}")
             return STATUS_INVALID_CONNECTION
         return mapped[0]
 
-    def _wsa_of(self, exc: OSError) -> int:
+    def _wsa_of(self, exc: OSError, st: _SockState | None = None) -> int:
         if exc.errno == errno.EINVAL:
             return 10022  # WSAEINVAL
+        if st is not None and exc.errno in (errno.ECONNRESET, errno.EPIPE):
+            return _STATUS_TO_WSA[self._status_of(exc, st)]
         mapped = _ERRNO_TO_STATUS.get(exc.errno or 0)
         if mapped is None:
             self._misuse(f"no Winsock error emulated for {exc!r}")
@@ -737,7 +890,7 @@ class StandinWindowsKernel:
 
     def _pend(self, req: _Request) -> None:
         """The request did not finish in the call: it fails with WSA_IO_PENDING (a packet follows)."""
-        req.ov.Internal = STATUS_PENDING
+        req.ov.Internal = STATUS_PENDING | (_DIRTY_HIGH if self.dirty_internal else 0)
         self._set_error(win.ERROR_IO_PENDING)
 
     # ---- ws2_32
@@ -764,7 +917,7 @@ class StandinWindowsKernel:
             except BlockingIOError:
                 n = -1
             except OSError as exc:
-                return self._fail(self._wsa_of(exc))  # failed at once: no packet
+                return self._fail(self._wsa_of(exc, st))  # failed at once: no packet
             finally:
                 s_.detach()
             if n >= 0:
@@ -788,15 +941,12 @@ class StandinWindowsKernel:
         req.bufs = self._wsabufs(bufs, count)
         total = sum(len(b) for b in req.bufs)
         if not st.sends:
-            s_ = _borrow(self._io_fd(st))
             try:
-                req.done = s_.sendmsg(req.bufs, [], socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                req.done = self._sendmsg(st, req.bufs)
             except BlockingIOError:
                 pass
             except OSError as exc:
-                return self._fail(self._wsa_of(exc))
-            finally:
-                s_.detach()
+                return self._fail(self._wsa_of(exc, st))
             if req.done == total:
                 if sent != ffi.NULL:
                     sent[0] = total
@@ -809,7 +959,7 @@ class StandinWindowsKernel:
     def _WSAGetOverlappedResult(self, s: int, ov: Any, transferred: Any, wait: int, flags: Any) -> int:
         if _identity(s) is None:
             return self._fail(WSAENOTSOCK, 0)
-        status = int(ov.Internal)
+        status = int(ov.Internal) & 0xFFFFFFFF
         if status == STATUS_PENDING:
             if wait:
                 self._misuse("WSAGetOverlappedResult(fWait=TRUE) is not emulated")
@@ -836,10 +986,12 @@ class StandinWindowsKernel:
         ov: Any,
         routine: Any,
     ) -> int:
-        if code != win.SIO_GET_EXTENSION_FUNCTION_POINTER:
-            return self._fail(10045)  # WSAEOPNOTSUPP: RIO's table is not part of this stand-in
         if _identity(s) is None:
             return self._fail(WSAENOTSOCK)
+        if code == win.SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER:
+            return self._rio.table(inbuf, inlen, outbuf, outlen, returned)
+        if code != win.SIO_GET_EXTENSION_FUNCTION_POINTER:
+            return self._fail(10045)  # WSAEOPNOTSUPP
         if inlen != ffi.sizeof("GUID"):
             return self._fail(WSAEFAULT)
         raw = bytes(ffi.buffer(inbuf, inlen))
@@ -874,11 +1026,14 @@ class StandinWindowsKernel:
         if st.accepted_fd < 0 or listener != st.accepted_from:
             return self._fail(10022)  # WSAEINVAL: not a socket AcceptEx filled from that listener
         # Now the accept socket *is* the connection (and getpeername works on it).
+        registered_io = self._rio.capable.get(s) == st.identity  # WSA_FLAG_REGISTERED_IO stays
         os.dup2(st.accepted_fd, s)
         os.close(st.accepted_fd)
         st.accepted_fd = -1
         self._socks.pop(s, None)
-        self._state(s)
+        new = self._state(s)
+        if registered_io and new is not None:
+            self._rio.capable[s] = new.identity
         return 0
 
     def _closesocket(self, s: int) -> int:
@@ -895,7 +1050,10 @@ class StandinWindowsKernel:
             sock = socket.socket(af, type_, proto)
         except OSError as exc:
             return self._fail(self._wsa_of(exc), win.INVALID_SOCKET)
-        return sock.detach()
+        fd = sock.detach()
+        if flags & win.WSA_FLAG_REGISTERED_IO:
+            self._rio.capable[fd] = _identity(fd)
+        return fd
 
     # ---- extension functions (reached through WSAIoctl)
     def _ACCEPTEX(
@@ -938,7 +1096,10 @@ class StandinWindowsKernel:
         req = _Request("accept", listen, ov)
         req.accept_fd = accept
         req.out = (ffi.cast("char *", out), recv_len, local_len, remote_len)
-        # Always pended (documented as possible): an accept that fails must still post a packet.
+        if self.accept_immediate and not st.accepts and self._try_accept(st, req, sync=True):
+            if received != ffi.NULL:
+                received[0] = 0
+            return 1  # accepted in the call; the packet is queued all the same
         st.accepts.append(req)
         self._pend(req)
         return 0
@@ -988,6 +1149,12 @@ class StandinWindowsKernel:
             sock.detach()
         if err == errno.EISCONN:
             return self._fail(WSAEISCONN, 0)
+        if err == errno.ECONNREFUSED and self.connect_refused_delay_s > 0:
+            req = _Request("connect", s, ov)  # Windows never refuses in the call: it retries the SYN
+            req.delay_until = time.monotonic() + self.connect_refused_delay_s
+            st.connect = req
+            self._pend(req)
+            return 0
         if err not in (0, errno.EINPROGRESS):
             return self._fail(_ERRNO_TO_STATUS.get(err, (0, WSAEADDRNOTAVAIL))[1], 0)
         req = _Request("connect", s, ov)
@@ -998,6 +1165,312 @@ class StandinWindowsKernel:
         st.connect = req
         self._pend(req)
         return 0
+
+
+# ================================================================================ Windows (RIO)
+_RIO_FN_TYPES = {  # RIO_EXTENSION_FUNCTION_TABLE field -> function pointer type
+    "RIOReceive": "LPFN_RIORECEIVE",
+    "RIOSend": "LPFN_RIOSEND",
+    "RIOCloseCompletionQueue": "LPFN_RIOCLOSECOMPLETIONQUEUE",
+    "RIOCreateCompletionQueue": "LPFN_RIOCREATECOMPLETIONQUEUE",
+    "RIOCreateRequestQueue": "LPFN_RIOCREATEREQUESTQUEUE",
+    "RIODequeueCompletion": "LPFN_RIODEQUEUECOMPLETION",
+    "RIODeregisterBuffer": "LPFN_RIODEREGISTERBUFFER",
+    "RIONotify": "LPFN_RIONOTIFY",
+    "RIORegisterBuffer": "LPFN_RIOREGISTERBUFFER",
+    "RIOResizeCompletionQueue": "LPFN_RIORESIZECOMPLETIONQUEUE",
+}
+
+
+class _RioCq:
+    def __init__(self, handle: int, size: int, port: _Port, key: int, ov: Any) -> None:
+        self.handle = handle
+        self.size = size
+        self.port = port
+        self.key = key
+        self.ov = ov  # the OVERLAPPED the notification packet carries
+        self.results: deque[tuple[int, int, int, int]] = deque()  # Status, bytes, socket ctx, request ctx
+        self.armed = False
+        self.reserved = 0  # request slots of the request queues feeding it
+
+
+class _RioReq:
+    __slots__ = ("buffer_id", "ctx", "done", "length", "mem")
+
+    def __init__(self, mem: Any, length: int, buffer_id: int, ctx: int) -> None:
+        self.mem = mem  # char * into registered memory
+        self.length = length
+        self.buffer_id = buffer_id
+        self.ctx = ctx
+        self.done = 0
+
+
+class _RioRq:
+    def __init__(self, handle: int, st: _SockState, cq: _RioCq, depth: tuple[int, int], ctx: int) -> None:
+        self.handle = handle
+        self.st = st
+        self.cq = cq
+        self.max_recv, self.max_send = depth
+        self.ctx = ctx
+        self.recvs: deque[_RioReq] = deque()  # started, in order
+        self.sends: deque[_RioReq] = deque()
+        self.deferred_recvs: list[_RioReq] = []  # RIO_MSG_DEFER: wait for a commit
+        self.deferred_sends: list[_RioReq] = []
+        self.dead = False
+
+
+class _StandinRio:
+    """The RIO function table of the stand-in Windows kernel (see the module docstring)."""
+
+    def __init__(self, kernel: StandinWindowsKernel) -> None:
+        self.k = kernel
+        self.capable: dict[int, tuple[int, int] | None] = {}  # fds made with WSA_FLAG_REGISTERED_IO
+        self.buffers: dict[int, tuple[int, int]] = {}  # RIO_BUFFERID -> (address, length)
+        self.cqs: dict[int, _RioCq] = {}
+        self.rqs: dict[int, _RioRq] = {}
+        self._ids = iter(range(0x100, 1 << 30))
+        self.fns = {
+            field: kernel._callback(fntype, getattr(self, "_" + field), field)
+            for field, fntype in _RIO_FN_TYPES.items()
+        }
+
+    # ---- WSAIoctl(SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER, WSAID_MULTIPLE_RIO)
+    def table(self, inbuf: Any, inlen: int, outbuf: Any, outlen: int, returned: Any) -> int:
+        k = self.k
+        if inlen != ffi.sizeof("GUID") or bytes(ffi.buffer(inbuf, inlen)) != bytes(
+            ffi.buffer(win.new_guid(win.WSAID_MULTIPLE_RIO))
+        ):
+            return k._fail(10022)
+        size = ffi.sizeof("RIO_EXTENSION_FUNCTION_TABLE")
+        if outlen < size:
+            return k._fail(WSAEFAULT)
+        table = ffi.cast("RIO_EXTENSION_FUNCTION_TABLE *", outbuf)
+        if table.cbSize != size:
+            return k._fail(10022)  # the caller must set cbSize
+        for field, fn in self.fns.items():
+            setattr(table, field, fn)
+        if returned != ffi.NULL:
+            returned[0] = size
+        return 0
+
+    # ---- buffers
+    def _RIORegisterBuffer(self, data: Any, length: int) -> Any:
+        if data == ffi.NULL or length == 0:
+            self.k._set_error(10022)
+            return ffi.cast("RIO_BUFFERID", win.RIO_INVALID_BUFFERID)
+        bid = next(self._ids)
+        self.buffers[bid] = (_addr(data), length)
+        return ffi.cast("RIO_BUFFERID", bid)
+
+    def _RIODeregisterBuffer(self, buffer_id: Any) -> None:
+        bid = _addr(buffer_id)
+        if bid not in self.buffers:
+            self.k._misuse(f"RIODeregisterBuffer({bid:#x}): not registered")
+            return
+        for rq in self.rqs.values():
+            for req in (*rq.recvs, *rq.sends, *rq.deferred_recvs, *rq.deferred_sends):
+                if req.buffer_id == bid:
+                    self.k._misuse(f"RIODeregisterBuffer({bid:#x}) while a request still uses it")
+        del self.buffers[bid]
+
+    # ---- completion queues
+    def _RIOCreateCompletionQueue(self, size: int, notify: Any) -> Any:
+        k = self.k
+        if notify == ffi.NULL or notify.Type != win.RIO_IOCP_COMPLETION:
+            k._misuse("RIOCreateCompletionQueue: only RIO_IOCP_COMPLETION notification is emulated")
+            k._set_error(10022)
+            return ffi.NULL
+        port = k._ports.get(_addr(notify.Iocp.IocpHandle))
+        if port is None or size == 0 or size > win.RIO_MAX_CQ_SIZE:
+            k._set_error(10022)
+            return ffi.NULL
+        handle = next(self._ids)
+        key = _addr(notify.Iocp.CompletionKey)
+        self.cqs[handle] = _RioCq(handle, size, port, key, ffi.cast("LPOVERLAPPED", notify.Iocp.Overlapped))
+        return ffi.cast("RIO_CQ", handle)
+
+    def _RIOResizeCompletionQueue(self, cq: Any, size: int) -> int:
+        q = self.cqs.get(_addr(cq))
+        if q is None or size < max(len(q.results), q.reserved) or size > win.RIO_MAX_CQ_SIZE:
+            return self.k._fail(10022, 0)
+        q.size = size
+        return 1
+
+    def _RIOCloseCompletionQueue(self, cq: Any) -> None:
+        q = self.cqs.pop(_addr(cq), None)
+        if q is None:
+            self.k._misuse("RIOCloseCompletionQueue: not a completion queue")
+            return
+        if any(rq.cq is q and not rq.dead and (rq.recvs or rq.sends) for rq in self.rqs.values()):
+            self.k._misuse("RIOCloseCompletionQueue while requests feeding it are outstanding")
+
+    def _RIONotify(self, cq: Any) -> int:
+        q = self.cqs.get(_addr(cq))
+        if q is None:
+            return 10022  # WSAEINVAL
+        if q.armed:
+            return WSAEALREADY
+        q.armed = True
+        self._maybe_notify(q)
+        return 0
+
+    def _RIODequeueCompletion(self, cq: Any, array: Any, size: int) -> int:
+        q = self.cqs.get(_addr(cq))
+        if q is None or size == 0:
+            self.k._misuse("RIODequeueCompletion on a bad queue or with no room")
+            return win.RIO_CORRUPT_CQ
+        n = min(size, len(q.results))
+        for i in range(n):
+            status, nbytes, sctx, rctx = q.results.popleft()
+            array[i].Status = status
+            array[i].BytesTransferred = nbytes
+            array[i].SocketContext = sctx
+            array[i].RequestContext = rctx
+        return n
+
+    def _maybe_notify(self, q: _RioCq) -> None:
+        if q.armed and q.results:
+            q.armed = False
+            self.k._post(q.port, q.key, q.ov, 0)
+
+    def check_overflow(self) -> None:
+        for q in self.cqs.values():
+            if len(q.results) > q.size:
+                self.k._misuse(f"RIO completion queue overflow ({len(q.results)} > {q.size})")
+
+    # ---- request queues
+    def _RIOCreateRequestQueue(
+        self, s: int, max_recv: int, recv_bufs: int, max_send: int, send_bufs: int, rcq: Any, scq: Any, ctx: Any
+    ) -> Any:
+        k = self.k
+        st = k._state(s)
+        if st is None:
+            k._set_error(WSAENOTSOCK)
+            return ffi.NULL
+        if self.capable.get(s) != st.identity or st.rio is not None:
+            k._set_error(10022)  # not a Registered-I/O socket, or it has its queue already
+            return ffi.NULL
+        q = self.cqs.get(_addr(rcq))
+        if q is None or _addr(rcq) != _addr(scq):
+            k._misuse("RIOCreateRequestQueue: the stand-in emulates one completion queue for both directions")
+            k._set_error(10022)
+            return ffi.NULL
+        if recv_bufs != 1 or send_bufs != 1 or (max_recv == 0 and max_send == 0):
+            k._set_error(10022)
+            return ffi.NULL
+        if q.reserved + max_recv + max_send > q.size:
+            k._set_error(WSAENOBUFS)  # the completion queue has no room for this queue's requests
+            return ffi.NULL
+        q.reserved += max_recv + max_send
+        handle = next(self._ids)
+        rq = self.rqs[handle] = _RioRq(handle, st, q, (max_recv, max_send), _addr(ctx))
+        st.rio = rq
+        return ffi.cast("RIO_RQ", handle)
+
+    def _RIOSend(self, rq: Any, buf: Any, count: int, flags: int, ctx: Any) -> int:
+        return self._request(rq, buf, count, flags, ctx, send=True)
+
+    def _RIOReceive(self, rq: Any, buf: Any, count: int, flags: int, ctx: Any) -> int:
+        return self._request(rq, buf, count, flags, ctx, send=False)
+
+    def _request(self, handle: Any, buf: Any, count: int, flags: int, ctx: Any, send: bool) -> int:
+        k = self.k
+        rq = self.rqs.get(_addr(handle))
+        if rq is None or rq.dead:
+            return k._fail(WSAENOTSOCK, 0)
+        started = rq.sends if send else rq.recvs
+        deferred = rq.deferred_sends if send else rq.deferred_recvs
+        if flags & win.RIO_MSG_COMMIT_ONLY:
+            if count != 0 or buf != ffi.NULL:
+                return k._fail(10022, 0)
+            started.extend(deferred)
+            deferred.clear()
+            return 1
+        if count != 1:
+            return k._fail(10022, 0)
+        bid, offset, length = _addr(buf.BufferId), int(buf.Offset), int(buf.Length)
+        region = self.buffers.get(bid)
+        if region is None or offset + length > region[1] or length == 0:
+            return k._fail(10022, 0)  # WSAEINVAL: not inside a registered buffer
+        if len(started) + len(deferred) >= (rq.max_send if send else rq.max_recv):
+            return k._fail(WSAENOBUFS, 0)  # more outstanding than the queue holds
+        req = _RioReq(ffi.cast("char *", region[0]) + offset, length, bid, _addr(ctx))
+        deferred.append(req)
+        if not flags & win.RIO_MSG_DEFER:
+            started.extend(deferred)
+            deferred.clear()
+        return 1
+
+    # ---- the "kernel" moving data
+    def drive(self, port: _Port) -> None:
+        for rq in list(self.rqs.values()):
+            if rq.dead or rq.cq.port is not port:
+                continue
+            st = rq.st
+            if _identity(st.fd) != st.identity:
+                self.abort(rq)
+                continue
+            while rq.recvs and self._try_recv(rq, rq.recvs[0]):
+                rq.recvs.popleft()
+            while rq.sends and self._try_send(rq, rq.sends[0]):
+                rq.sends.popleft()
+        for q in self.cqs.values():
+            if q.port is port:
+                self._maybe_notify(q)
+
+    def poll_interest(self, port: _Port) -> list[tuple[int, int]]:
+        out = []
+        for rq in self.rqs.values():
+            if rq.dead or rq.cq.port is not port:
+                continue
+            mask = (select.POLLIN if rq.recvs else 0) | (select.POLLOUT if rq.sends else 0)
+            if mask:
+                out.append((self.k._io_fd(rq.st), mask))
+        return out
+
+    def _result(self, rq: _RioRq, req: _RioReq, status: int, nbytes: int) -> None:
+        rq.cq.results.append((status, nbytes, rq.ctx, req.ctx))
+
+    def _try_recv(self, rq: _RioRq, req: _RioReq) -> bool:
+        s = _borrow(self.k._io_fd(rq.st))
+        try:
+            n = s.recv_into(ffi.buffer(req.mem, req.length), req.length, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._result(rq, req, _STATUS_TO_WSA.get(self.k._status_of(exc, rq.st), WSAEFAULT), 0)
+            return True
+        finally:
+            s.detach()
+        self._result(rq, req, 0, n)
+        return True
+
+    def _try_send(self, rq: _RioRq, req: _RioReq) -> bool:
+        while req.done < req.length:
+            try:
+                req.done += self.k._sendmsg(rq.st, [ffi.buffer(req.mem + req.done, req.length - req.done)])
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                self._result(rq, req, _STATUS_TO_WSA.get(self.k._status_of(exc, rq.st), WSAEFAULT), req.done)
+                return True
+        self._result(rq, req, 0, req.length)
+        return True
+
+    def abort(self, rq: _RioRq) -> None:
+        """The socket was closed: its request queue is gone; outstanding requests end aborted."""
+        if rq.dead:
+            return
+        rq.dead = True
+        for req in (*rq.recvs, *rq.sends):
+            self._result(rq, req, WSAECONNABORTED, 0)
+        rq.recvs.clear()
+        rq.sends.clear()
+        rq.deferred_recvs.clear()
+        rq.deferred_sends.clear()
+        rq.cq.reserved -= rq.max_recv + rq.max_send
+        self.rqs.pop(rq.handle, None)
+        self._maybe_notify(rq.cq)
 
 
 def _skip(bufs: list[Any], n: int) -> list[memoryview]:
@@ -1013,9 +1486,10 @@ def _skip(bufs: list[Any], n: int) -> list[memoryview]:
     return out
 
 
-def install_windows_kernel(monkeypatch: Any) -> StandinWindowsKernel:
-    """Make `_windows_cffi.load()` return the stand-in libraries and GetLastError read its value."""
-    kernel = StandinWindowsKernel()
+def install_windows_kernel(monkeypatch: Any, **switches: Any) -> StandinWindowsKernel:
+    """Make `_windows_cffi.load()` return the stand-in libraries and GetLastError read its value;
+    `switches` go to StandinWindowsKernel (their defaults model Windows)."""
+    kernel = StandinWindowsKernel(**switches)
     monkeypatch.setattr(win, "_libs", win.WinLibs(kernel.kernel32, kernel.ws2_32))
     monkeypatch.setattr(win, "last_error", kernel.last_error)
     return kernel

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import needs_posix_signals
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -479,6 +480,7 @@ class LogWatcher:
         return "".join(self.lines)
 
 
+@needs_posix_signals
 def test_python_m_examples_gameserver_serves_logs_players_moving_and_exits_0_on_sigterm():
     port = free_port()
     env = {
@@ -548,6 +550,7 @@ def test_framework_cli_check_config_and_backends(tmp_path):
     assert "iocp" in res.stdout and "unavailable" in res.stdout  # and the reason for the others
 
 
+@needs_posix_signals
 def test_framework_serve_runs_any_session_class_until_sigterm():
     port = free_port()
     env = {**ENV, "FRAMEWORK_SERVER__PORT": str(port), "FRAMEWORK_SERVER__HOSTS": '["127.0.0.1"]'}
@@ -588,6 +591,7 @@ def test_bot_plays_for_a_few_seconds_without_errors():
 
 
 @pytest.mark.slow
+@needs_posix_signals  # loadtests/run.py stops the server with SIGTERM and wants exit status 0
 def test_small_locust_run_has_zero_failures(tmp_path):
     res = subprocess.run(
         [sys.executable, str(ROOT / "loadtests" / "run.py"), "--users", "20", "--spawn-rate", "10",

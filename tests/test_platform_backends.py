@@ -13,6 +13,7 @@ import errno
 import os
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -24,7 +25,7 @@ import cffi
 import pytest
 from conftest import WAIT_S, Collector, pump
 from standin_kernels import StandinKevent as FakeKevent
-from standin_kernels import install_macos_kernel
+from standin_kernels import install_macos_kernel, install_windows_kernel
 
 from framework.io import BackendUnavailable, ErrorCode, Status, create_provider, factory
 from framework.io.backends import _windows_cffi as win
@@ -369,6 +370,41 @@ def test_failed_changes_are_skipped_or_applied_one_by_one_mocked_macos_kernel(
     assert retry[3][0] is None and retry[3][1] == 32
 
 
+def test_a_pending_delete_survives_a_watch_and_unwatch_before_the_wait_mocked_macos_kernel(
+    recording_kernel, kq_provider, sockets
+):
+    kq, p = recording_kernel, kq_provider
+    a, _b = _pair(sockets)
+    assert p.register_socket(a)
+    results: list[CompletionResult] = []
+    p.process_completions(0, 8, results)  # a's filters are in the kernel now
+    assert p.unregister_socket(a)  # EV_DELETE queued for the next wait ...
+    assert p.register_socket(a) and p.unregister_socket(a)  # ... and must survive this
+    p.process_completions(0, 8, results)
+    deletes = [c for c in kq.calls[-1][0] or [] if c[0] == a.fileno() and c[2] == KQ_EV_DELETE]
+    assert deletes == [(a.fileno(), KQ_FILTER_READ, KQ_EV_DELETE), (a.fileno(), KQ_FILTER_WRITE, KQ_EV_DELETE)]
+
+
+def test_a_failed_change_does_not_delay_ready_events_by_a_call_mocked_macos_kernel(
+    epoll_kernel, kq_provider, sockets, collector
+):
+    # The stand-in follows kevent(2): when a change fails, the call returns the error entries
+    # only and collects no events, so the backend must wait again in the same turn.
+    p = kq_provider
+    a, b = _pair(sockets)
+    c, _d = _pair(sockets)
+    assert p.register_socket(a) and p.register_socket(c)
+    results: list[CompletionResult] = []
+    p.process_completions(0, 8, results)  # both registered in the (stand-in) kernel
+    op_id = p.recv_async(a, bytearray(16), collector)  # nothing there yet: waits for an edge
+    c.close()
+    assert p.unregister_socket(c)  # its EV_DELETE fails (closed: EBADF) with the next wait
+    b.sendall(b"ready")
+    # One non-blocking turn must see it (a blocking one would just wait again and hide the delay).
+    assert p.process_completions(0, 8, results) == 1
+    assert results[0].operation_id == op_id and results[0].bytes_transferred == 5
+
+
 def _accept_and_connect(
     p: AsyncIOProvider, lst: socket.socket, client: socket.socket, sockets: list[socket.socket]
 ) -> tuple[socket.socket, Any]:
@@ -452,8 +488,28 @@ def test_kqueue_is_the_macos_choice():
         p.shutdown()
 
 
+def _real_or_standin_windows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The real Windows kernel on Windows; elsewhere the stand-in (tests/standin_kernels.py), and
+    then the test id says `mocked_windows_kernel`. Returns the stand-in (None on Windows)."""
+    if request.param == "windows":
+        if sys.platform != "win32":
+            pytest.skip("needs the real Windows kernel")
+        return None
+    if not hasattr(os, "eventfd"):
+        pytest.skip("the stand-in Windows kernel is built on Linux sockets and eventfd")
+    return install_windows_kernel(monkeypatch)
+
+
+@pytest.fixture(params=["windows", "mocked_windows_kernel"])
+def windows_kernel(request, monkeypatch):
+    kernel = _real_or_standin_windows(request, monkeypatch)
+    yield kernel
+    if kernel is not None:
+        assert kernel.errors == [], f"the backend misused the (stand-in) Windows API: {kernel.errors}"
+
+
 @pytest.fixture
-def rio():
+def rio(windows_kernel):
     p = RioProvider()
     assert p.initialize(64, 64), p.last_error
     yield p
@@ -496,7 +552,6 @@ def test_windows_probes_and_auto_choice():
     p.shutdown()
 
 
-@windows_only
 def test_rio_sockets_move_data_through_registered_io(rio, sockets):
     client, server = _rio_pair(rio, sockets)
     payload = os.urandom(300_000)  # many staging slots' worth, in order
@@ -509,7 +564,6 @@ def test_rio_sockets_move_data_through_registered_io(rio, sockets):
     assert stats["rio_sockets"] >= 2 and stats["rio_commits"] > 0 and stats["iocp_path_sockets"] == 1
 
 
-@windows_only
 def test_rio_registered_buffers_go_direct(rio, sockets, collector):
     client, server = _rio_pair(rio, sockets)
     out_buf, in_buf = bytearray(8192), bytearray(8192)
@@ -525,7 +579,6 @@ def test_rio_registered_buffers_go_direct(rio, sockets, collector):
     assert rio.unregister_buffer(out_id) and rio.unregister_buffer(in_id)
 
 
-@windows_only
 def test_rio_cancelled_receive_hands_its_bytes_to_the_next(rio, sockets, collector):
     client, server = _rio_pair(rio, sockets)
     op_id = rio.recv_async(server, bytearray(64), collector)
@@ -534,3 +587,134 @@ def test_rio_cancelled_receive_hands_its_bytes_to_the_next(rio, sockets, collect
     assert collector.results[0].status == Status.CANCELLED
     rio.send_async(client, b"not lost")
     assert _read(rio, server, 8) == b"not lost"
+
+
+def test_rio_receives_after_timeouts_keep_stream_order(rio, sockets, collector):
+    # Two receives time out while their RIO requests stay in the kernel; what arrives next must
+    # reach the next receives in order, with nothing lost, duplicated or stuck behind them.
+    client, server = _rio_pair(rio, sockets)
+    for _ in range(2):
+        rio.recv_async(server, bytearray(4), collector, timeout_ms=50)
+    pump(rio, lambda: len(collector) == 2)
+    assert [r.status for r in collector.results] == [Status.TIMEOUT, Status.TIMEOUT]
+    rio.send_async(client, b"abcdef")  # fewer bytes than both dead receives could take
+    assert _read(rio, server, 6) == b"abcdef"
+
+
+def test_rio_cancelled_receive_never_writes_into_the_callers_registered_buffer(rio, sockets, collector):
+    client, server = _rio_pair(rio, sockets)
+    in_buf = bytearray(4096)
+    in_id = rio.register_buffer(in_buf)
+    assert in_id >= 0
+    op_id = rio.recv_async_registered(server, in_id, 0, 4096, collector)
+    assert rio.cancel(op_id)
+    pump(rio, lambda: len(collector) == 1)
+    assert collector.results[0].status == Status.CANCELLED  # the caller owns in_buf again
+    rio.send_async(client, b"late bytes")
+    assert _read(rio, server, 10) == b"late bytes"  # handed to the next receive ...
+    assert in_buf == bytes(4096)  # ... never written into memory the caller got back
+    assert rio.unregister_buffer(in_id)
+
+
+def test_rio_failed_send_fails_its_operation_and_the_loop_goes_on(rio, sockets, collector):
+    client, server = _rio_pair(rio, sockets)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert rio.unregister_socket(server)
+    server.close()  # RST
+    op_id = None
+    for attempt in range(1, 21):  # the first send may still succeed: the RST is asynchronous
+        # far more than SEND_DEPTH staging slots: the operation is still in the send backlog
+        op_id = rio.send_async(client, bytes(300_000), collector)
+        pump(rio, lambda n=attempt: len(collector) == n)
+        if collector.by_id(op_id).status != Status.SUCCESS:
+            break
+    r = collector.by_id(op_id)
+    assert (r.status, r.error_code) == (Status.ERROR, ErrorCode.CONNECTION_RESET)
+    # The other pieces of that operation complete in the background and change nothing.
+    pump(rio, lambda: rio.get_statistics().backend_specific["rio_requests_in_flight"] == 0)
+    assert rio.get_statistics().pending_operations == 0
+    # RIO completions still reach the port: another pair moves data.
+    a, b = _rio_pair(rio, sockets)
+    rio.send_async(a, b"still alive")
+    assert _read(rio, b, 11) == b"still alive"
+
+
+def test_rio_request_queues_do_not_outlive_a_reinitialize(rio, sockets):
+    client, server = _rio_pair(rio, sockets)
+    rio.send_async(client, b"x")
+    assert _read(rio, server, 1) == b"x"
+    assert rio.get_statistics().backend_specific["rio_sockets"] == 2
+    rio.shutdown()
+    assert rio.initialize(64, 64), rio.last_error
+    assert rio.get_statistics().backend_specific["rio_sockets"] == 0
+    # The old sockets are tied to the old completion port for life: refused, with the reason.
+    assert rio.register_socket(server) is False
+    assert "another completion port" in rio.last_error
+    a, b = _rio_pair(rio, sockets)  # new sockets work
+    rio.send_async(a, b"y")
+    assert _read(rio, b, 1) == b"y"
+
+
+def test_rio_notify_failure_at_initialize_is_a_clean_false_mocked_windows_kernel(monkeypatch):
+    kernel = install_windows_kernel(monkeypatch)
+    kernel.faults["RIONotify"] = 10055  # WSAENOBUFS
+    p = RioProvider()
+    assert p.initialize(16, 16) is False  # not an exception
+    assert "RIONotify" in p.last_error
+    assert kernel._ports == {} and kernel._rio.cqs == {}  # the port and completion queue were closed
+    assert p.initialize(16, 16), p.last_error  # and a later attempt works
+    p.shutdown()
+
+
+@pytest.fixture
+def iocp(windows_kernel):
+    p = IocpProvider()
+    assert p.initialize(64, 64), p.last_error
+    yield p
+    p.shutdown()
+
+
+def test_iocp_socket_closed_under_a_pending_recv_completes_cancelled_mocked_windows_kernel(
+    monkeypatch, make_pair, collector
+):
+    # Closing a connected socket may abort its requests with STATUS_LOCAL_DISCONNECT (not
+    # STATUS_CANCELLED); the handle is closed, so it must not be asked for the error.
+    kernel = install_windows_kernel(monkeypatch, dirty_internal=False)
+    p = IocpProvider()
+    assert p.initialize(16, 16)
+    try:
+        _client, server = make_pair()
+        assert p.register_socket(server)
+        op_id = p.recv_async(server, bytearray(8), collector)
+        server.close()
+        pump(p, lambda: len(collector) == 1)
+        assert collector.by_id(op_id).status == Status.CANCELLED, collector.results
+    finally:
+        p.shutdown()
+    assert kernel.errors == []
+
+
+def test_iocp_reads_only_the_low_32_bits_of_internal_mocked_windows_kernel(monkeypatch, make_pair):
+    install_windows_kernel(monkeypatch, dirty_internal=True)  # the upper half holds garbage
+    p = IocpProvider()
+    assert p.initialize(16, 16)
+    try:
+        client, server = make_pair()
+        assert p.register_socket(client) and p.register_socket(server)
+        sent = Collector()
+        p.send_async(client, b"low half", sent)
+        assert _read(p, server, 8) == b"low half"
+        pump(p, lambda: len(sent) == 1)
+        assert sent.results[0].status == Status.SUCCESS
+    finally:
+        p.shutdown()
+
+
+def test_iocp_socket_tied_to_another_closed_port_is_refused_clearly(iocp, make_pair):
+    _client, server = make_pair()
+    assert iocp.register_socket(server)
+    iocp.shutdown()  # its port is closed; the socket stays tied to it for life
+    assert iocp.initialize(16, 16)
+    assert iocp.register_socket(server) is False
+    assert "another completion port" in iocp.last_error
+    assert iocp.get_statistics().active_connections == 0

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+from conftest import needs_posix_signals
 from hostile import WAIT_S, ServerProcess, connect, make_settings, msg_frame, recv_message, wait_for
 
 from framework.io.factory import available_backends
@@ -50,6 +51,7 @@ class Bot(threading.Thread):
             self.sock.close()
 
 
+@needs_posix_signals
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", available_backends())
 def test_sigterm_under_load_delivers_every_queued_frame_refuses_new_connections_and_exits_0(backend, tmp_path):

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from conftest import needs_posix_signals
 from hostile import (
     WAIT_S,
     EchoSession,
@@ -106,6 +107,7 @@ os.kill(os.getpid(), signal.SIGSTOP)  # the application vanishes; its kernel sti
 """
 
 
+@needs_posix_signals
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_vanished_peer_without_fin_is_closed_by_the_idle_timeout_while_heartbeats_keep_others(backend):
     # Detection is the idle timeout: no frame (heartbeats count) for idle_timeout_s. On loopback a
@@ -140,6 +142,9 @@ def test_a_vanished_peer_without_fin_is_closed_by_the_idle_timeout_while_heartbe
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    sys.platform == "win32", reason="needs RLIMIT_NOFILE (POSIX resource module); Windows has no descriptor limit"
+)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_accept_backs_off_on_emfile_and_recovers_when_descriptors_free(backend, tmp_path):
     # The limit is set when the process starts: io_uring's (multishot) accept samples

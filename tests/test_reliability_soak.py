@@ -9,12 +9,14 @@ import subprocess
 import sys
 
 import pytest
+from conftest import needs_posix_signals
 
 from framework.io.factory import available_backends
 from loadtests.soak import ROOT, Sample, verdict
 
 
 @pytest.mark.slow
+@needs_posix_signals  # the soak's verdict includes "SIGTERM stops the server with status 0"
 @pytest.mark.parametrize("backend", available_backends())
 def test_soak_smoke_run_stays_flat(backend, tmp_path):
     proc = subprocess.run(

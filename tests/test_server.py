@@ -16,11 +16,11 @@ from tests.sessionkit import (
     SESSION_BACKENDS,
     WAIT_S,
     FrameClient,
+    fd_count,
     frame,
     make_settings,
     msg_frame,
     on_loop,
-    open_fds,
     running_server,
     wait_for,
 )
@@ -649,7 +649,7 @@ def test_ten_thousand_connect_disconnect_cycles_leak_nothing(backend: str) -> No
             what="only the accepts pending",
         )
         gc.collect()  # sockets dropped by earlier tests close now, not during the measurement
-        baseline = open_fds()
+        baseline = fd_count()
         for _ in range(20):  # 20 batches of 500 concurrent connections
             batch = []
             for _ in range(500):
@@ -661,6 +661,6 @@ def test_ten_thousand_connect_disconnect_cycles_leak_nothing(backend: str) -> No
         wait_for(lambda: server.sessions_closed >= 10001, timeout=60, what="every session closed")
         wait_for(lambda: len(server.registry) == 0, what="registry empty")
         # Other objects of the process may close fds meanwhile, never open them: <= baseline.
-        wait_for(lambda: open_fds() <= baseline, what=f"fds back to {baseline}")
+        wait_for(lambda: fd_count() <= baseline, what=f"fds back to {baseline}")
         assert server.sessions_opened == 10001
         assert server.provider.get_statistics().active_connections == 1  # the listener

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import needs_posix_signals
 
 from tests.sessionkit import BACKENDS, WAIT_S, FrameClient
 
@@ -78,6 +79,7 @@ class ServerProcess:
         self.proc.wait(WAIT_S)
 
 
+@needs_posix_signals
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sigterm_delivers_every_queued_frame_then_exits_0(backend: str) -> None:
     server = ServerProcess("drain", backend)
@@ -101,6 +103,7 @@ def test_sigterm_delivers_every_queued_frame_then_exits_0(backend: str) -> None:
         server.kill()
 
 
+@needs_posix_signals
 @pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
 def test_workers_share_the_port_and_stop_on_sigterm() -> None:
     server = ServerProcess("workers", BACKENDS[-1])

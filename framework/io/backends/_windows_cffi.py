@@ -253,6 +253,57 @@ ERROR_IO_PENDING = 997
 ERROR_NOT_FOUND = 1168
 STATUS_SUCCESS = 0
 STATUS_CANCELLED = 0xC0000120  # NTSTATUS left in OVERLAPPED.Internal by an aborted request
+STATUS_REQUEST_ABORTED = 0xC0000240
+STATUS_LOCAL_DISCONNECT = 0xC000013B  # e.g. a request aborted because its socket was closed
+WSAEINTR = 10004
+WSAENOTSOCK = 10038
+WSAECONNABORTED = 10053
+
+# NTSTATUS (ntstatus.h) -> the Winsock error WSAGetOverlappedResult would report (the AFD driver's
+# mapping; libuv's uv_ntstatus_to_winsock_error lists the same pairs). Mapping in hand avoids asking
+# WSAGetOverlappedResult about a socket handle that may already be closed or reused.
+_NTSTATUS_TO_WSA = {
+    STATUS_CANCELLED: ERROR_OPERATION_ABORTED,  # CancelIoEx or closesocket
+    STATUS_REQUEST_ABORTED: ERROR_OPERATION_ABORTED,
+    0xC0000008: WSAENOTSOCK,  # STATUS_INVALID_HANDLE
+    0xC0000024: WSAENOTSOCK,  # STATUS_OBJECT_TYPE_MISMATCH
+    0xC000009A: 10055,  # STATUS_INSUFFICIENT_RESOURCES -> WSAENOBUFS
+    0xC000020A: 10048,  # STATUS_ADDRESS_ALREADY_EXISTS -> WSAEADDRINUSE
+    0xC00000B5: 10060,  # STATUS_IO_TIMEOUT -> WSAETIMEDOUT
+    0xC000013F: 10060,  # STATUS_LINK_TIMEOUT
+    0xC0000237: 10101,  # STATUS_GRACEFUL_DISCONNECT -> WSAEDISCON
+    0xC000013C: 10054,  # STATUS_REMOTE_DISCONNECT -> WSAECONNRESET
+    0xC000020D: 10054,  # STATUS_CONNECTION_RESET
+    0xC000013E: 10054,  # STATUS_LINK_FAILED
+    0xC000020C: 10054,  # STATUS_CONNECTION_DISCONNECTED
+    0xC000023F: 10054,  # STATUS_PORT_UNREACHABLE
+    STATUS_LOCAL_DISCONNECT: WSAECONNABORTED,
+    0xC0000241: WSAECONNABORTED,  # STATUS_CONNECTION_ABORTED
+    0xC000023C: 10051,  # STATUS_NETWORK_UNREACHABLE -> WSAENETUNREACH
+    0xC000023E: 10051,  # STATUS_PROTOCOL_UNREACHABLE
+    0xC000023D: 10065,  # STATUS_HOST_UNREACHABLE -> WSAEHOSTUNREACH
+    0x80000005: 10040,  # STATUS_BUFFER_OVERFLOW -> WSAEMSGSIZE
+    0xC0000140: 10057,  # STATUS_INVALID_CONNECTION -> WSAENOTCONN
+    0xC0000236: 10061,  # STATUS_CONNECTION_REFUSED -> WSAECONNREFUSED
+    0xC00000BC: 10061,  # STATUS_REMOTE_NOT_LISTENING
+    0xC00000B0: 10058,  # STATUS_PIPE_DISCONNECTED -> WSAESHUTDOWN
+    0xC0000141: 10049,  # STATUS_INVALID_ADDRESS -> WSAEADDRNOTAVAIL
+    0xC0000022: 10013,  # STATUS_ACCESS_DENIED -> WSAEACCES
+}
+_FACILITY_NTWIN32 = 0x7
+
+
+def winsock_error_of(ntstatus: int) -> int:
+    """The Winsock error of a failed request's NTSTATUS (its low 32 bits: OVERLAPPED.Internal is a
+    ULONG_PTR whose upper half is not part of the status, see HasOverlappedIoCompleted). A Win32
+    error wrapped as NTSTATUS (FACILITY_NTWIN32) is unwrapped; an unknown status passes through."""
+    status = ntstatus & 0xFFFFFFFF
+    found = _NTSTATUS_TO_WSA.get(status)
+    if found is not None:
+        return found
+    if (status >> 16) & 0xFFF == _FACILITY_NTWIN32 and status & 0xC0000000:
+        return status & 0xFFFF
+    return status
 SOCKET_ERROR = -1
 INVALID_SOCKET = (1 << (8 * ffi.sizeof("SOCKET"))) - 1
 
@@ -320,12 +371,13 @@ def load() -> WinLibs:
 
 def winerror_exc(code: int, what: str) -> OSError:
     """An OSError carrying a Windows error code (`.winerror`), readable on any OS."""
-    message = f"{what} failed"
-    getwinerror = getattr(ffi, "getwinerror", None)
-    if getwinerror is not None:
-        found = getwinerror(code)
-        if found:
-            message = f"{what}: {found[1]}"
+    message = f"{what} failed (error {code})"
+    try:
+        found = ffi.getwinerror(code)  # type: ignore[attr-defined]  # Windows only
+    except AttributeError:  # off Windows (the stand-in kernels) there is no message table
+        found = None
+    if found:
+        message = f"{what}: {found[1]}"
     exc = OSError(message)
     exc.winerror = code  # type: ignore[attr-defined]
     return exc

@@ -77,7 +77,6 @@ import errno
 import heapq
 import mmap
 import os
-import resource
 import socket
 import struct
 import sys
@@ -330,6 +329,8 @@ class IoUringProvider(QueuedProvider):
         self._multishot = bool(lib.FW_HAVE_MULTISHOT_ACCEPT) and _kernel_version() >= (5, 19)
         if self._multishot:
             feats.add("MultishotAccept")
+        import resource  # here, not at module level: the module must import on Windows (no resource)
+
         nfiles = min(self._max_connections + 64, resource.getrlimit(resource.RLIMIT_NOFILE)[0], 32768)
         if lib.fw_register_files_sparse(ring, nfiles) == 0:
             self._file_slots = deque(range(nfiles))

@@ -8,17 +8,24 @@ Facts about the kernel API that shaped this module:
   the cffi view of the caller's buffer until the packet arrives - even when the operation was
   cancelled or timed out in the meantime.
 - A socket is associated once with a port (`CreateIoCompletionPort(socket, port, key, 0)`) and can
-  never be dissociated; associating it again fails with ERROR_INVALID_PARAMETER, which a re-register
-  of the same socket tolerates.
+  never be dissociated; associating it again fails with ERROR_INVALID_PARAMETER. That is tolerated
+  only for a socket this provider associated with its current port (a re-register after an
+  unregister); a socket tied to another port (another provider's, or this provider's before a
+  shutdown and re-initialize) would post its completions there and hang, so registering it fails.
 - A call that returns success immediately still queues its completion packet (we do not set
   FILE_SKIP_COMPLETION_PORT_ON_SUCCESS), so every operation completes on exactly one path: the
   packet. A call that fails with anything but WSA_IO_PENDING queues nothing and completes at once.
 - `GetQueuedCompletionStatusEx` dequeues a whole batch of OVERLAPPED_ENTRY in one kernel call; it
   fails with WAIT_TIMEOUT when nothing came. `PostQueuedCompletionStatus` with our wake-up key is
   the thread-safe wake-up for `post()`.
-- OVERLAPPED.Internal holds the NTSTATUS (0 = success); for a failure `WSAGetOverlappedResult`
-  gives the Winsock error (WSAECONNRESET, ...), which the seed's table maps. An aborted operation
-  reports ERROR_OPERATION_ABORTED (995).
+- OVERLAPPED.Internal holds the NTSTATUS (0 = success) in its low 32 bits only: it is a ULONG_PTR
+  shared with a pointer, so the upper half is undefined (HasOverlappedIoCompleted compares
+  `(DWORD)Internal`). A failure's NTSTATUS is mapped to its Winsock error here
+  (`_windows_cffi.winsock_error_of`) instead of asking `WSAGetOverlappedResult`, whose socket
+  handle may already be closed or reused (it would answer WSAENOTSOCK). A request aborted by a
+  cancel or by closing its socket ends with STATUS_CANCELLED, but closing a connected socket may
+  also end them with STATUS_LOCAL_DISCONNECT (WSAECONNABORTED) or STATUS_REQUEST_ABORTED; on a
+  socket the caller closed those are reported as CANCELLED.
 - `CancelIoEx(handle, overlapped)` only requests cancellation; the operation still completes
   through the port (aborted, or with its real result if it won the race - then that result is
   delivered, so no received byte is lost). ERROR_NOT_FOUND means its packet is already queued.
@@ -35,6 +42,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+import weakref
 from typing import Any, ClassVar
 
 import structlog
@@ -122,6 +130,8 @@ class IocpProvider(QueuedProvider):
         self._extensions: dict[tuple[int, int, int, str], Any] = {}
         self._packets = 0
         self._gqcs_calls = 0
+        # Sockets associated with the current port (a port association lasts the socket's life).
+        self._associated: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
     # ------------------------------------------------------------------ availability
     @classmethod
@@ -143,6 +153,7 @@ class IocpProvider(QueuedProvider):
         if port == ffi.NULL:
             raise win.winerror_exc(win.last_error(), "CreateIoCompletionPort")
         self._port = port
+        self._associated = weakref.WeakSet()
         self._batch = max(16, min(self._cq_size, 4096))
         self._entries = ffi.new("OVERLAPPED_ENTRY[]", self._batch)
         self._removed = ffi.new("ULONG *")
@@ -157,9 +168,18 @@ class IocpProvider(QueuedProvider):
         handle = win.handle_of(entry.fd)
         if libs.kernel32.CreateIoCompletionPort(handle, self._port, self.KEY_IO, 0) == ffi.NULL:
             err = win.last_error()
-            # A socket stays associated for life: registering it again after an unregister lands here.
             if err != win.ERROR_INVALID_PARAMETER:
                 raise win.winerror_exc(err, "CreateIoCompletionPort(socket)")
+            # Associated for life: fine when it is with our port (registered again after an
+            # unregister), fatal for the socket when it is another port's (see the docstring).
+            if entry.sock not in self._associated:
+                raise win.winerror_exc(
+                    err,
+                    "CreateIoCompletionPort(socket): the socket is tied to another completion port "
+                    "(another provider's, or this one's before a re-initialize), and Windows cannot "
+                    "move it; use a new socket",
+                )
+        self._associated.add(entry.sock)
         # The socket's event object is never waited on; skipping it saves work per completion.
         libs.kernel32.SetFileCompletionNotificationModes(handle, win.FILE_SKIP_SET_EVENT_ON_HANDLE)
 
@@ -344,15 +364,13 @@ class IocpProvider(QueuedProvider):
     def _on_packet(self, key: int, lpov: Any, nbytes: int) -> None:
         """A packet with a key this class does not own (RIO's completion-queue notification)."""
 
-    def _request_error(self, req: _Request) -> int:
-        """The Winsock error of a failed request (OVERLAPPED.Internal held its NTSTATUS)."""
-        transferred = ffi.new("DWORD *")
-        flags = ffi.new("DWORD *")
-        libs = self._k()
-        ok = libs.ws2_32.WSAGetOverlappedResult(
-            win.socket_of(req.op.fd), ffi.cast("LPWSAOVERLAPPED", req.ov), transferred, 0, flags
-        )
-        return 0 if ok else libs.ws2_32.WSAGetLastError()
+    @staticmethod
+    def _aborted(op: Operation, err: int) -> bool:
+        """A failed request that ended because it was aborted locally: a cancel, or its socket
+        closed under it (which may report a local disconnect rather than a cancel)."""
+        if err == win.ERROR_OPERATION_ABORTED:
+            return True
+        return err in (win.WSAECONNABORTED, win.WSAENOTSOCK) and op.sock is not None and op.sock.fileno() == -1
 
     def _on_io(self, lpov: Any, nbytes: int) -> None:
         fw = ffi.cast("FW_OVERLAPPED *", lpov)
@@ -364,19 +382,15 @@ class IocpProvider(QueuedProvider):
             if req.accept_sock is not None:
                 req.accept_sock.close()
             return
-        ntstatus = fw.ov.Internal
+        ntstatus = int(fw.ov.Internal) & 0xFFFFFFFF  # the NTSTATUS; the upper half is undefined
         if ntstatus != win.STATUS_SUCCESS:
             if req.accept_sock is not None:
                 req.accept_sock.close()
-            # Cancelled by us (CancelIoEx) or aborted because the socket was closed: the socket
-            # handle may be gone or reused, so it is not asked for details.
-            if req.cancel_status is not None:
+            if req.cancel_status is not None:  # cancelled by us (CancelIoEx)
                 self._complete(op, req.cancel_status, op.done, req.cancel_code)
                 return
-            err = (
-                win.ERROR_OPERATION_ABORTED if ntstatus == win.STATUS_CANCELLED else self._request_error(req)
-            )
-            if err in (0, win.ERROR_OPERATION_ABORTED):
+            err = win.winsock_error_of(ntstatus)
+            if self._aborted(op, err):
                 self._complete(op, Status.CANCELLED, op.done, 0)
             else:
                 self._complete(op, Status.ERROR, op.done, map_windows_error(err))

@@ -13,8 +13,19 @@ Facts about the kernel API that shaped this module:
   events in the same system call. Registrations and removals are therefore queued and submitted
   with the next wait: registering N sockets costs no system call of its own.
 - A change that fails (EV_DELETE of a descriptor that was closed, which already removed its kevents)
-  comes back as an event with EV_ERROR set while there is room in the event list; such events are
-  skipped. Should the call fail as a whole, the changes are applied one by one and the wait repeats.
+  comes back as an event with EV_ERROR set while there is room in the event list, and then the
+  kernel returns those error entries only: it collects no events in that call (FreeBSD
+  kqueue_register/kern_kevent, XNU kevent_internal). Such entries are skipped and the wait is
+  issued again without changes, so no event comes a call late. Should the call fail as a whole
+  (more errors than room), the changes are applied one by one and the wait repeats.
+- A pending EV_DELETE must reach the kernel even when the descriptor is watched and unwatched again
+  before the next wait; only additions that never reached the kernel may be dropped.
+- A send after the peer's reset fails with EPIPE, not ECONNRESET: XNU's sosendcheck tests
+  SS_CANTSENDMORE (set when the RST disconnected the socket) before so_error, and FreeBSD's
+  sosend_generic does the same. The contract calls that CONNECTION_RESET, so EPIPE maps to it
+  (a send after our own shutdown(SHUT_WR) is reported the same way; the kernel does not tell
+  them apart). A loopback RST is also processed asynchronously there: a send right after the
+  peer's abortive close may still succeed, and the error comes with a later call.
 - EVFILT_READ on a listening socket fires when connections are pending; on a stream socket EV_EOF
   marks the peer's FIN/RST, after which recv returns 0 or the error. EVFILT_WRITE fires when a
   non-blocking connect finished (SO_ERROR then holds its result) or when send buffer space frees.
@@ -25,10 +36,11 @@ Facts about the kernel API that shaped this module:
 
 from __future__ import annotations
 
+import errno
 import select
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from framework.io.backends.readiness import ReadinessProvider
 from framework.io.errors import BackendUnavailable
@@ -55,6 +67,7 @@ class KqueueProvider(ReadinessProvider):
     name = "kqueue"
     READ_EVENTS = READ
     WRITE_EVENTS = WRITE
+    ERRNO_ALIASES: ClassVar[dict[int, int]] = {errno.EPIPE: errno.ECONNRESET}  # see the docstring
 
     @staticmethod
     def probe() -> None:
@@ -99,8 +112,9 @@ class KqueueProvider(ReadinessProvider):
         write = self._watched.pop(fd, None)
         if write is None:
             return
-        # Additions that never reached the kernel are simply dropped; registered filters go.
-        self._changes = [c for c in self._changes if c.ident != fd]
+        # Additions that never reached the kernel are simply dropped; registered filters go. A
+        # pending EV_DELETE (from an earlier unwatch) is kept: the kernel still holds those filters.
+        self._changes = [c for c in self._changes if c.ident != fd or c.flags & KQ_EV_DELETE]
         if fd in self._in_kernel:
             self._in_kernel.discard(fd)
             self._changes.append(_kevent(fd, filter=KQ_FILTER_READ, flags=KQ_EV_DELETE))
@@ -120,6 +134,10 @@ class KqueueProvider(ReadinessProvider):
                     self._in_kernel.add(change.ident)
             try:
                 events = kq.control(changes, self._maxevents, timeout)
+                if any(ev.flags & KQ_EV_ERROR for ev in events):
+                    # The kernel returned the failed changes only, without collecting events.
+                    self._control_calls += 1
+                    events = kq.control(None, self._maxevents, timeout)
             except OSError:
                 # More failed changes than room to report them: apply them one at a time.
                 for change in changes:

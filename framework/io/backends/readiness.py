@@ -153,6 +153,9 @@ class ReadinessProvider(QueuedProvider):
     WRITE_EVENTS: ClassVar[int] = 0  # event bits after which connects/sends are retried
     SHORT_READ_DRAINS: ClassVar[bool] = False  # see the module docstring; True only where proven
     HANGUP_EVENTS: ClassVar[int] = 0  # event bits reporting the peer's FIN or an error
+    # errno -> the errno whose meaning the contract gives it on this kernel (kqueue: a send after
+    # a peer reset fails with EPIPE on XNU/FreeBSD); applied to failed operations and stream errors.
+    ERRNO_ALIASES: ClassVar[dict[int, int]] = {}
 
     def __init__(self) -> None:
         super().__init__()
@@ -516,6 +519,9 @@ class ReadinessProvider(QueuedProvider):
                 if st.sendq:
                     self._flush_sends(st)
 
+    def _fail(self, op: Operation, os_errno: int) -> None:
+        super()._fail(op, self.ERRNO_ALIASES.get(os_errno, os_errno))
+
     def _drain_wakeup(self) -> None:
         try:
             if self._wake_eventfd:
@@ -729,10 +735,11 @@ class ReadinessProvider(QueuedProvider):
         if st.sflags & _S_FAILED:
             return
         st.sflags |= _S_FAILED
+        code = map_errno(self.ERRNO_ALIASES.get(os_errno, os_errno))
         if queue:
-            self._sev += (st, st.sid, STREAM_ERROR, map_errno(os_errno))
+            self._sev += (st, st.sid, STREAM_ERROR, code)
         else:
-            self._stream_emit(st, STREAM_ERROR, map_errno(os_errno))
+            self._stream_emit(st, STREAM_ERROR, code)
 
     def _stream_emit(self, st: ReadinessSocket, kind: int, code: int) -> None:
         self._delivered += 1

@@ -5,9 +5,14 @@ Facts about the kernel API that shaped this module:
   WSAID_MULTIPLE_RIO)` returns the whole RIO_EXTENSION_FUNCTION_TABLE (Windows 8 / Server 2012+).
   When it fails the backend is unavailable and "auto" falls back to IOCP.
 - RIO moves data only between *registered* memory (`RIORegisterBuffer` -> RIO_BUFFERID; a RIO_BUF is
-  (id, offset, length)). `register_buffer` registers the caller's buffer, so operations on it go
+  (id, offset, length)). `register_buffer` registers the caller's buffer, so sends from it go
   straight to the kernel; other memory is copied through a pool of registered staging slots.
-  A buffer must stay registered while any request on it is in flight, so deregistration is deferred.
+  A buffer must stay registered while any request on it is in flight, so deregistration is deferred
+  (the buffer stays pinned until the request's completion is dequeued, even after a cancel).
+- Receives always land in a staging slot and are copied out on completion, also for registered
+  buffers: a RIO request cannot be cancelled, so a receive pointed at the caller's memory would
+  keep writing there after its cancel or timeout was reported. A slot is the provider's, so a
+  cancelled receive's late bytes never touch memory the caller got back.
 - Sockets for RIO are created with `WSASocketW(..., WSA_FLAG_REGISTERED_IO)`. Sockets this provider
   makes (`create_socket()`, and every socket AcceptEx accepts into) use RIO; any other socket keeps
   the IOCP path of the base class (overlapped WSASend/WSARecv), so every socket works.
@@ -26,7 +31,13 @@ Facts about the kernel API that shaped this module:
   arrived (0 = the peer closed). RIO requests in order per socket and cannot be cancelled one by
   one (only closing the socket aborts them): `cancel`/timeouts complete the operation at once,
   the request finishes in the background, and bytes a cancelled receive still gets are kept and
-  handed to the next receive, so no stream data is lost.
+  handed to the next receive, so no stream data is lost. For that, at most ONE receive per socket
+  is in the kernel: a later receive waits in the backlog until the request ahead of it completed,
+  so it can never overtake it (nor wait forever for bytes the request ahead of it took).
+- A send completes (or fails) when its last piece does; a failed piece fails the operation and
+  takes it out of the socket's backlog at once, whatever pieces are still in flight.
+- The notification is re-armed (`RIONotify`) after every drain, also when handling a completion
+  raised: without it no RIO completion would ever reach the port again.
 """
 
 from __future__ import annotations
@@ -49,7 +60,7 @@ from framework.io.provider import OpType, Status
 log = structlog.get_logger("framework.io")
 ffi = win.ffi
 
-RECV_DEPTH = 4  # outstanding receives per request queue
+RECV_DEPTH = 1  # outstanding receives per request queue: one, see the module docstring
 SEND_DEPTH = 8  # outstanding sends per request queue
 STAGING_SLOT = 8 * 1024  # bytes per staging slot (a bigger unregistered send goes in pieces)
 STAGING_CHUNK_SLOTS = 64  # slots registered per RIORegisterBuffer call when the pool grows
@@ -206,6 +217,17 @@ class RioProvider(IocpProvider):
     # ------------------------------------------------------------------ lifecycle
     def _backend_open(self) -> None:
         super()._backend_open()
+        # Request queues of a previous run were bound to its completion queue: forget them.
+        self._rio_sockets = weakref.WeakKeyDictionary()
+        self._dirty = set()
+        self._cq_reserved = 0
+        try:
+            self._open_rio()
+        except BaseException:
+            self._backend_close()  # release the port, queue and pool opened so far
+            raise
+
+    def _open_rio(self) -> None:
         libs = self._k()
         self._rio = rio = _load_rio_table(libs)
         self._notify_ov = ffi.new("OVERLAPPED *")
@@ -226,7 +248,9 @@ class RioProvider(IocpProvider):
         self._pool = _StagingPool(rio)
         if not self._pool.grow():
             raise win.winerror_exc(libs.ws2_32.WSAGetLastError(), "RIORegisterBuffer(staging pool)")
-        self._arm()
+        rc = self._notify_cq()
+        if rc:
+            raise win.winerror_exc(rc, "RIONotify")
 
     def _backend_close(self) -> None:
         rio = self._rio
@@ -256,6 +280,8 @@ class RioProvider(IocpProvider):
             if self._cq is not None:
                 rio.RIOCloseCompletionQueue(self._cq)
         self._regions.clear()
+        self._rio_sockets = weakref.WeakKeyDictionary()
+        self._dirty = set()
         self._rio_reqs = {}
         self._cq = None
         self._pool = None
@@ -385,7 +411,7 @@ class RioProvider(IocpProvider):
         if rs is None:
             super()._backend_recv(op)
             return
-        op.token = _RioOp(*self._region_of(op.buf))
+        op.token = _RioOp(None, 0)  # always through a staging slot (see the module docstring)
         rs.recv_queue.append(op)
         self._pump(rs)
 
@@ -408,8 +434,10 @@ class RioProvider(IocpProvider):
         sent = received = False
         while rs.send_queue and rs.sends_out < SEND_DEPTH:
             op = rs.send_queue[0]
+            if op.buf is None:  # completed meanwhile (a failed piece): never issue the rest
+                rs.send_queue.popleft()
+                continue
             token: _RioOp = op.token
-            assert op.buf is not None
             remaining = len(op.buf) - token.issued
             slot = -1
             if token.region is not None:
@@ -440,20 +468,14 @@ class RioProvider(IocpProvider):
                 rs.recv_queue.popleft()
                 self._complete_from_carry(op, rs)
                 continue
-            token = op.token
             assert op.buf is not None
-            slot = -1
-            if token.region is not None:
-                length = min(len(op.buf), _MAX_RIO_LEN)
-            else:
-                slot = pool.take()
-                if slot < 0:
-                    rs.recv_queue.popleft()
-                    self._complete(op, Status.ERROR, 0, ErrorCode.BUFFER_TOO_SMALL)
-                    continue
-                length = min(len(op.buf), STAGING_SLOT)
-            req = _RioReq(op, rs, False, slot, length, token.region)
-            self._fill(req, token.offset)
+            slot = pool.take()
+            if slot < 0:
+                rs.recv_queue.popleft()
+                self._complete(op, Status.ERROR, 0, ErrorCode.BUFFER_TOO_SMALL)
+                continue
+            req = _RioReq(op, rs, False, slot, min(len(op.buf), STAGING_SLOT), None)
+            self._fill(req, 0)
             req_id = next(self._req_ids)
             if not rio.RIOReceive(rs.rq, req.buf, 1, win.RIO_MSG_DEFER, ffi.cast("PVOID", req_id)):
                 self._request_failed(rs.recv_queue, req)
@@ -510,14 +532,22 @@ class RioProvider(IocpProvider):
         super()._backend_cancel(op, status, error_code)
 
     # ------------------------------------------------------------------ completions
-    def _arm(self) -> None:
-        rc = self._rio.RIONotify(self._cq)
-        if rc not in (0, 10037):  # WSAEALREADY: a notification is already armed
-            raise ProviderError(f"RIONotify failed (error {rc})", map_windows_error(rc))
+    def _notify_cq(self) -> int:
+        """Arm the completion queue's IOCP notification; 0 or the Winsock error."""
+        rc = int(self._rio.RIONotify(self._cq))
+        return 0 if rc == 10037 else rc  # WSAEALREADY: a notification is already armed
 
     def _on_packet(self, key: int, lpov: Any, nbytes: int) -> None:
         if key != self.KEY_RIO:
             return
+        try:
+            self._drain_cq()
+        finally:
+            rc = self._notify_cq()  # re-armed whatever happened, or RIO traffic would stop
+        if rc:
+            raise ProviderError(f"RIONotify failed (error {rc})", map_windows_error(rc))
+
+    def _drain_cq(self) -> None:
         rio = self._rio
         results = self._results
         while True:
@@ -535,7 +565,6 @@ class RioProvider(IocpProvider):
         dirty = self._dirty
         while dirty:
             self._pump(dirty.pop())
-        self._arm()
 
     def _on_rio(self, req_id: int, status: int, nbytes: int) -> None:
         req = self._rio_reqs.pop(req_id, None)
@@ -549,13 +578,14 @@ class RioProvider(IocpProvider):
             self._release(req)
             if live:
                 assert op.buf is not None
-                if status:
-                    self._complete(op, Status.ERROR, op.done, map_windows_error(status))
-                elif nbytes < req.length:
+                if status or nbytes < req.length:
                     # A stream RIOSend moves its whole buffer; anything else broke the stream order.
-                    self._complete(
-                        op, Status.ERROR, op.done + nbytes, map_windows_error(win.ERROR_OPERATION_ABORTED)
-                    )
+                    err = status or win.ERROR_OPERATION_ABORTED
+                    try:
+                        rs.send_queue.remove(op)  # its pieces not yet issued must never go
+                    except ValueError:
+                        pass
+                    self._fail_rio(op, op.done + nbytes, err)
                 else:
                     op.done += nbytes
                     if op.done >= len(op.buf):
@@ -564,31 +594,33 @@ class RioProvider(IocpProvider):
             rs.recvs_out -= 1
             data: Any = b""
             if status == 0 and nbytes:
-                if req.slot >= 0:
-                    assert self._pool is not None
-                    data = ffi.buffer(self._pool.memory(req.slot), nbytes)
-                elif not live or rs.carry:
-                    assert req.region is not None
-                    data = ffi.buffer(ffi.cast("char *", req.region.start) + req.buf.Offset, nbytes)
-            if not live:
+                assert self._pool is not None and req.slot >= 0
+                data = ffi.buffer(self._pool.memory(req.slot), nbytes)
+            if not live:  # cancelled or timed out: its bytes belong to the next receive
                 if status == 0:
                     rs.carry += data
                     rs.eof = rs.eof or nbytes == 0
             elif status:
-                self._complete(op, Status.ERROR, 0, map_windows_error(status))
+                self._fail_rio(op, 0, status)
             elif rs.carry:
                 rs.carry += data
                 rs.eof = rs.eof or nbytes == 0
                 self._complete_from_carry(op, rs)
             else:
                 assert op.buf is not None
-                if req.slot >= 0:
-                    op.buf[:nbytes] = data
+                op.buf[:nbytes] = data
                 rs.eof = nbytes == 0
                 self._complete(op, Status.SUCCESS, nbytes, 0)
             self._release(req)
         if rs.send_queue or rs.recv_queue:
             self._dirty.add(rs)  # room in its request queue again
+
+    def _fail_rio(self, op: Operation, done: int, wsa_error: int) -> None:
+        """A RIO request of a live operation failed (RIORESULT.Status is a Winsock error)."""
+        if self._aborted(op, wsa_error):  # its socket was closed under it
+            self._complete(op, Status.CANCELLED, done, 0)
+        else:
+            self._complete(op, Status.ERROR, done, map_windows_error(wsa_error))
 
     # ------------------------------------------------------------------ diagnostics
     def _features(self) -> frozenset[str]:
