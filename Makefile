@@ -31,14 +31,15 @@ serve: $(STAMP)
 # Load test: starts the game server, runs locust headless (a progress line every 5 s), writes
 # reports/loadtest/, stops the server. SPAWN (users started per second) defaults to USERS/10, at
 # least 10. PORT is the server's loopback port (loadtest and soak; default: a free one; a taken port
-# is an error). `make loadtest USERS=1000` is the scale check.
+# is an error). LOADTEST_ARGS for further loadtests/run.py options (--out, --progress).
+# `make loadtest USERS=1000` is the scale check.
 USERS ?= 50
 SPAWN ?=
 TIME  ?= 30s
 PORT  ?=
 loadtest: $(STAMP)
 	$(PY) loadtests/run.py --users $(USERS) $(if $(SPAWN),--spawn-rate $(SPAWN),) --time $(TIME) \
-		$(if $(PORT),--port $(PORT),) $(if $(CONFIG),--config $(CONFIG),)
+		$(if $(PORT),--port $(PORT),) $(if $(CONFIG),--config $(CONFIG),) $(LOADTEST_ARGS)
 
 # Benchmarks against asyncio and uvloop (needs gcc and taskset; minutes). BENCH_ARGS=--quick for a smoke run.
 bench: $(STAMP)
