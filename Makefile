@@ -28,7 +28,7 @@ setup: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m examples.gameserver $(if $(CONFIG),--config $(CONFIG),)
 
-# Load test: starts the game server, runs locust headless (a progress line every 5 s), writes
+# Load test: starts the game server, runs locust headless (a progress line every 3 s), writes
 # reports/loadtest/, stops the server. SPAWN (users started per second) defaults to USERS/10, at
 # least 10. PORT is the server's loopback port (loadtest and soak; default: a free one; a taken port
 # is an error). LOADTEST_ARGS for further loadtests/run.py options (--out, --progress).

@@ -23,7 +23,7 @@ Run headless (see loadtests/run.py and `make loadtest`):
 Two additions to locust's own output:
 - `--progress-every S` prints one line every S seconds while the users run (instead of locust's
   full table every 2 s, which --only-summary turns off):
-  `progress t=10s users=20 req/s=63.1 fails=0 total_reqs=620 total_fails=0`, where req/s and fails
+  `progress t=6s users=50 req/s=166.3 fails=0 total_reqs=796 total_fails=0`, where req/s and fails
   are over the last S seconds and total_* since the start;
 - with `--csv PREFIX`, PREFIX_stats.csv, _failures.csv and _exceptions.csv are rewritten at exit with
   the final numbers, the ones locust prints in its summary: locust itself writes them once a second

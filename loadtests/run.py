@@ -1,7 +1,7 @@
 """Start the game server, run locust headless against it, write reports, stop the server.
 
     python loadtests/run.py [--users 50] [--spawn-rate USERS/10] [--time 30s] [--port 0]
-                            [--progress 5] [--config FILE] [--out reports/loadtest]
+                            [--progress 3] [--config FILE] [--out reports/loadtest]
 
 (`make loadtest USERS=.. SPAWN=.. TIME=.. PORT=..` calls this; `make loadtest USERS=1000` is the
 scale check.) While the users run, a line every --progress seconds gives users, req/s and failures.
@@ -203,7 +203,7 @@ def run(
     config: str | None = None,
     port: int = 0,
     python: str = sys.executable,
-    progress_s: float = 5.0,
+    progress_s: float = 3.0,
 ) -> int:
     out.mkdir(parents=True, exist_ok=True)
     port = claim_port(port)
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="server deployment YAML (default: embedded default)")
     parser.add_argument("--port", type=port_number, default=0, help="server port (default 0: a free one)")
     parser.add_argument(
-        "--progress", type=float, default=5.0, help="seconds between progress lines (default 5; 0: none)"
+        "--progress", type=float, default=3.0, help="seconds between progress lines (default 3; 0: none)"
     )
     parser.add_argument("--out", default=str(ROOT / "reports" / "loadtest"), help="report folder")
     args = parser.parse_args(argv)
