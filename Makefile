@@ -28,14 +28,18 @@ setup: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m examples.gameserver $(if $(CONFIG),--config $(CONFIG),)
 
-# Load test: starts the game server, runs locust headless, writes reports/loadtest/, stops the server.
-# SPAWN (users started per second) defaults to USERS/10, at least 10. `make loadtest USERS=1000` is
-# the scale check.
+# Load test: starts the game server, runs locust headless (a progress line every 3 s), writes
+# reports/loadtest/, stops the server. SPAWN (users started per second) defaults to USERS/10, at
+# least 10. PORT is the server's loopback port (loadtest and soak; default: a free one; a taken port
+# is an error). LOADTEST_ARGS for further loadtests/run.py options (--out, --progress).
+# `make loadtest USERS=1000` is the scale check.
 USERS ?= 50
 SPAWN ?=
 TIME  ?= 30s
+PORT  ?=
 loadtest: $(STAMP)
-	$(PY) loadtests/run.py --users $(USERS) $(if $(SPAWN),--spawn-rate $(SPAWN),) --time $(TIME) $(if $(CONFIG),--config $(CONFIG),)
+	$(PY) loadtests/run.py --users $(USERS) $(if $(SPAWN),--spawn-rate $(SPAWN),) --time $(TIME) \
+		$(if $(PORT),--port $(PORT),) $(if $(CONFIG),--config $(CONFIG),) $(LOADTEST_ARGS)
 
 # Benchmarks against asyncio and uvloop (needs gcc and taskset; minutes). BENCH_ARGS=--quick for a smoke run.
 bench: $(STAMP)
@@ -45,17 +49,18 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Parser fuzzing: the codec property tests with the "fuzz" hypothesis profile (>= 100,000 examples
-# each; tens of minutes on 2 cores). FUZZ_EXAMPLES=N to change.
+# each; tens of minutes on 2 cores). FUZZ_EXAMPLES=N to change. They feed bytes to the decoders in
+# memory and open no socket, so there is no port to choose.
 FUZZ_EXAMPLES ?= 100000
 fuzz: $(STAMP)
 	RELIABILITY_PROFILE=fuzz RELIABILITY_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider \
 		tests/test_reliability_parser.py -k "yields or round_trip or leaves_no_state" $(PYTEST_ARGS)
 
 # Soak: the game server under bots for SOAK_SECONDS (default 600); fails unless RSS, descriptors and
-# sessions stay flat. Reports in reports/soak/.
+# sessions stay flat. PORT as for loadtest. Reports in reports/soak/.
 SOAK_SECONDS ?= 600
 soak: $(STAMP)
-	$(PY) -m loadtests.soak --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
+	$(PY) -m loadtests.soak --seconds $(SOAK_SECONDS) $(if $(PORT),--port $(PORT),) $(SOAK_ARGS)
 
 # The io_uring extension built with AddressSanitizer + UndefinedBehaviorSanitizer, then the suites
 # that drive its C (io_uring, streams, server); the normal build is put back whatever the result.

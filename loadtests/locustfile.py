@@ -17,7 +17,18 @@ timing, or a failure with the reason:
 - ping: round trip of ping/pong.
 
 Run headless (see loadtests/run.py and `make loadtest`):
-    locust -f loadtests/locustfile.py --headless -u 20 -r 10 -t 10s --host 127.0.0.1:7777
+    locust -f loadtests/locustfile.py --headless -u 20 -r 10 -t 10s --host 127.0.0.1:7777 \
+        --only-summary --progress-every 5
+
+Two additions to locust's own output:
+- `--progress-every S` prints one line every S seconds while the users run (instead of locust's
+  full table every 2 s, which --only-summary turns off):
+  `progress t=6s users=50 req/s=166.3 fails=0 total_reqs=796 total_fails=0`, where req/s and fails
+  are over the last S seconds and total_* since the start;
+- with `--csv PREFIX`, PREFIX_stats.csv, _failures.csv and _exceptions.csv are rewritten at exit with
+  the final numbers, the ones locust prints in its summary: locust itself writes them once a second
+  while the users run and never after, so they missed the last second and the stop
+  (locustio/locust#2299).
 Environment: GAME_ROOM_SIZE (players a user aims for per room, default 8; a room may hold more when
 the server allows no new room), GAME_TIMEOUT_S (seconds a reply may take before it counts as a
 failure, default 5).
@@ -25,20 +36,27 @@ failure, default 5).
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import random
 import sys
 import time
 import uuid
+from argparse import ArgumentParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import gevent
+
 # The locustfile's folder is on sys.path, the repository root is not.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from locust import User, between, task
+from locust import User, between, events, task
+from locust.env import Environment
+from locust.runners import WorkerRunner
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 from examples.gameserver.client import GameClient, ServerError
 from loadtests.rooms import join_room, retry_name, room_size_from_env
@@ -56,6 +74,77 @@ def parse_host(host: str | None) -> tuple[str, int]:
     if parts.hostname is None or parts.port is None:
         raise ValueError(f"host must be ADDRESS:PORT, got {host!r}")
     return parts.hostname, parts.port
+
+
+# --- output: live progress, final CSV ------------------------------------------------------------
+@events.init_command_line_parser.add_listener
+def _add_options(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=0.0,
+        help="seconds between one-line progress reports (users, req/s, failures); 0: none (default)",
+    )
+
+
+def progress_line(t: float, users: int, rps: float, fails: int, total_reqs: int, total_fails: int) -> str:
+    return (
+        f"progress t={t:.0f}s users={users} req/s={rps:.1f} fails={fails} "
+        f"total_reqs={total_reqs} total_fails={total_fails}"
+    )
+
+
+def _report_progress(environment: Environment, every: float) -> None:
+    assert environment.runner is not None
+    total = environment.stats.total
+    started = last = time.monotonic()
+    last_reqs, last_fails = total.num_requests, total.num_failures
+    while True:
+        gevent.sleep(every)
+        now = time.monotonic()
+        reqs, fails = total.num_requests, total.num_failures
+        line = progress_line(
+            now - started, environment.runner.user_count, (reqs - last_reqs) / (now - last),
+            fails - last_fails, reqs, fails,
+        )  # fmt: skip
+        print(line, flush=True)  # flush: stdout is a pipe under make or a test, and this is live output
+        last, last_reqs, last_fails = now, reqs, fails
+
+
+def write_final_csv(environment: Environment, prefix: str) -> None:
+    """PREFIX_stats.csv, _failures.csv and _exceptions.csv from the final stats, in locust's format
+    (its own StatsCSV writes the rows)."""
+    writer = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    for suffix, write in (
+        ("_stats.csv", writer.requests_csv),
+        ("_failures.csv", writer.failures_csv),
+        ("_exceptions.csv", writer.exceptions_csv),
+    ):
+        with open(prefix + suffix, "w", newline="") as f:
+            write(csv.writer(f))
+
+
+@events.init.add_listener
+def _install_output(environment: Environment, **_kwargs: Any) -> None:
+    options = environment.parsed_options
+    if options is None or isinstance(environment.runner, WorkerRunner):
+        return  # a library run, or a worker: the master reports
+    progress: list[gevent.Greenlet] = []
+
+    def start_progress(**_kwargs: Any) -> None:
+        if options.progress_every > 0 and not progress:
+            progress.append(gevent.spawn(_report_progress, environment, options.progress_every))
+
+    def stop_progress(**_kwargs: Any) -> None:
+        while progress:
+            progress.pop().kill(block=False)
+
+    environment.events.test_start.add_listener(start_progress)
+    environment.events.test_stop.add_listener(stop_progress)
+    if options.csv_prefix:
+        # `quit` fires after locust printed its final summary and before it closes its CSV files;
+        # its periodic writer has flushed (it truncates after each write) and cannot run meanwhile.
+        environment.events.quit.add_listener(lambda **_kw: write_final_csv(environment, options.csv_prefix))
 
 
 class GamePlayer(User):

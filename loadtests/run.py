@@ -1,13 +1,18 @@
 """Start the game server, run locust headless against it, write reports, stop the server.
 
-    python loadtests/run.py [--users 50] [--spawn-rate USERS/10] [--time 30s] [--config FILE] [--out reports/loadtest]
+    python loadtests/run.py [--users 50] [--spawn-rate USERS/10] [--time 30s] [--port 0]
+                            [--progress 3] [--config FILE] [--out reports/loadtest]
 
-(`make loadtest USERS=.. SPAWN=.. TIME=..` calls this; `make loadtest USERS=1000` is the scale
-check.) Reports: OUT/stats_stats.csv (per request name: counts, failures, percentiles),
-OUT/stats_failures.csv, OUT/stats_stats_history.csv, OUT/report.html, OUT/server.log (the server's
-structured log) and OUT/summary.txt (the printed summary: the per-request table, then the CPU time
-the server, locust and the whole machine used during the run). The exit status is locust's: 0 when
-no request failed. The server gets SIGTERM at the end and must exit 0 (a drain problem is reported).
+(`make loadtest USERS=.. SPAWN=.. TIME=.. PORT=..` calls this; `make loadtest USERS=1000` is the
+scale check.) While the users run, a line every --progress seconds gives users, req/s and failures.
+At the end locust prints its tables (per request name: counts, times, req/s; then percentiles),
+then this script prints its summary, made from the same final numbers (see `summary`), and the CPU
+time the server, locust and the whole machine used during the run.
+
+Reports: OUT/stats_stats.csv (per request name, final), OUT/stats_failures.csv,
+OUT/stats_stats_history.csv (once a second), OUT/report.html, OUT/server.log (the server's log) and
+OUT/summary.txt (the printed summary). The exit status is locust's: 0 when no request failed. The
+server gets SIGTERM at the end and must exit 0 (a drain problem is reported).
 
 When the users need more rooms than the server allows (GAME_ROOM_SIZE players each, twice over for
 players moving between rooms), FRAMEWORK_APP__MAX_ROOMS is raised for the server unless it is set.
@@ -19,7 +24,6 @@ import argparse
 import csv
 import math
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -40,6 +44,41 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+class PortInUse(RuntimeError):
+    pass
+
+
+def claim_port(port: int, host: str = "127.0.0.1") -> int:
+    """`port`, or a free one when it is 0. A taken port is an error here: the server would share it
+    with the other listener through SO_REUSEPORT, or fail to bind while wait_listening reaches the
+    other one, and the load would go to the wrong process either way."""
+    if port == 0:
+        return free_port(host)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR as the server sets it: connections of an earlier run in TIME_WAIT do not count,
+        # a listener does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise PortInUse(
+                f"port {port} on {host} is not free ({exc.strerror}); choose another (PORT=, --port) "
+                "or 0 for a free one"
+            ) from None
+    return port
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 meaning a free one."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 0 to 65535, got {text!r}")
+    return port
 
 
 def wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -71,9 +110,11 @@ def start_server(
         cmd += ["--config", config]
     log = log_path.open("wb")
     try:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     finally:
         log.close()
+    print(f"game server on 127.0.0.1:{port} (log: {log_path})", flush=True)
+    return proc
 
 
 def stop_server(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
@@ -92,15 +133,22 @@ def read_stats(csv_path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+SUMMARY_TITLE = "summary (locust's final numbers, as in its tables above)"
+
+
 def summary(rows: list[dict[str, str]]) -> str:
+    """The table of stats_stats.csv, which the locustfile rewrites at exit from the numbers locust
+    prints: count and fail are its `# reqs` and `# fails`, p50/p95/p99 its percentile table's
+    50%/95%/99% columns, req/s its `req/s` (requests over the time from the start to the last one)."""
     width = max([len("request"), *(len(row["Name"]) for row in rows)])
     lines = [
-        f"{'request':<{width}} {'count':>7} {'fail':>5} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'req/s':>7}"
+        SUMMARY_TITLE,
+        f"{'request':<{width}} {'count':>7} {'fail':>5} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'req/s':>8}",
     ]
     for row in rows:
         lines.append(
             f"{row['Name']:<{width}} {row['Request Count']:>7} {row['Failure Count']:>5} {row['50%']:>7} "
-            f"{row['95%']:>7} {row['99%']:>7} {float(row['Requests/s']):>7.1f}"
+            f"{row['95%']:>7} {row['99%']:>7} {float(row['Requests/s']):>8.2f}"
         )
     return "\n".join(lines)
 
@@ -154,9 +202,10 @@ def run(
     config: str | None = None,
     port: int = 0,
     python: str = sys.executable,
+    progress_s: float = 3.0,
 ) -> int:
     out.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
+    port = claim_port(port)
     server = start_server(port, config, out / "server.log", python, rooms_env(users, config))
     cpu: list[str] = []
     try:
@@ -167,23 +216,23 @@ def run(
             "--headless", "-u", str(users), "-r", str(spawn_rate), "-t", run_time,
             "--host", f"127.0.0.1:{port}",
             "--csv", str(out / "stats"), "--html", str(out / "report.html"),
-            "--only-summary", "--stop-timeout", "5",
+            "--only-summary", "--stop-timeout", "5", "--progress-every", str(progress_s),
         ]  # fmt: skip
         # CPU over locust's run: the server's from /proc via psutil (still running), locust's from
         # the rusage of reaped children (the server is not reaped until after), and the whole
         # machine's, since on a shared box other work takes cores from both.
         server_proc = psutil.Process(server.pid)
         server_before = sum(server_proc.cpu_times()[:2])
-        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        children_before = os.times()  # reaped children's CPU (0 on Windows, which does not count it)
         busy_before = busy_cpu_s()
         started = time.monotonic()
         status = subprocess.call(cmd, cwd=ROOT)
         wall = time.monotonic() - started
         busy = busy_cpu_s() - busy_before
         server_cpu = sum(server_proc.cpu_times()[:2]) - server_before if server.poll() is None else 0.0
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        locust_cpu = (children.ru_utime + children.ru_stime) - (
-            children_before.ru_utime + children_before.ru_stime
+        children = os.times()
+        locust_cpu = (children.children_user + children.children_system) - (
+            children_before.children_user + children_before.children_system
         )
         cpu += [
             cpu_line("server", server_cpu, wall),
@@ -222,11 +271,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--time", default="30s", help="run time, e.g. 30s, 2m (default 30s)")
     parser.add_argument("--config", default=None, help="server deployment YAML (default: embedded default)")
-    parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
+    parser.add_argument("--port", type=port_number, default=0, help="server port (default 0: a free one)")
+    parser.add_argument(
+        "--progress", type=float, default=3.0, help="seconds between progress lines (default 3; 0: none)"
+    )
     parser.add_argument("--out", default=str(ROOT / "reports" / "loadtest"), help="report folder")
     args = parser.parse_args(argv)
+    if args.progress < 0:
+        parser.error(f"--progress must be >= 0, got {args.progress}")
     spawn_rate = args.spawn_rate if args.spawn_rate is not None else max(10.0, args.users / 10)
-    return run(args.users, spawn_rate, args.time, Path(args.out), args.config, args.port)
+    try:
+        return run(
+            args.users, spawn_rate, args.time, Path(args.out), args.config, args.port, progress_s=args.progress
+        )
+    except PortInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

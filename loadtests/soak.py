@@ -1,7 +1,8 @@
 """Soak test: the example game server under bots for a bounded time; RSS, descriptors and sessions
 must stay flat, and return to the idle baseline when the bots leave.
 
-    python -m loadtests.soak [--seconds 600] [--bots 40] [--churn 10] [--backend auto] [--out reports/soak]
+    python -m loadtests.soak [--seconds 600] [--bots 40] [--churn 10] [--backend auto] [--port 0]
+                             [--out reports/soak]
 
 (`make soak` runs this; `SOAK_SECONDS` sets the default duration.) A steady group of bots plays for
 the whole run while a churn group reconnects in rounds, so connection set-up and tear-down are
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-from loadtests.run import ROOT, free_port, start_server, stop_server, wait_listening
+from loadtests.run import ROOT, PortInUse, claim_port, port_number, start_server, stop_server, wait_listening
 
 
 @dataclass
@@ -157,7 +158,7 @@ def plot(samples: list[Sample], path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = claim_port(args.port)
     log_path = out / "server.log"
     env = {
         "FRAMEWORK_IO__BACKEND": args.backend,
@@ -260,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn", type=int, default=10, help="bots reconnecting every round (default 10)")
     parser.add_argument("--backend", default="auto", help="I/O backend (default auto)")
     parser.add_argument("--config", default=None, help="server deployment YAML (default: embedded default)")
+    parser.add_argument("--port", type=port_number, default=0, help="server port (default 0: a free one)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
     parser.add_argument(
         "--rss-slack-mb", type=float, default=8.0, help="allowed RSS growth floor (default 8)"
@@ -270,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.bots < 1 or args.churn < 0 or args.interval <= 0:
         parser.error("--seconds, --bots and --interval must be positive, --churn >= 0")
-    return run(args)
+    try:
+        return run(args)
+    except PortInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from examples.gameserver.game import (
 )
 from framework.config import load_settings
 from framework.io.factory import available_backends
+from loadtests.run import SUMMARY_TITLE
 
 # --------------------------------------------------------------------------------------------------
 # Game rules (sans-IO)
@@ -590,22 +591,107 @@ def test_bot_plays_for_a_few_seconds_without_errors():
     assert "connected=6/6" in res.stdout
 
 
+def locust_tables(text: str) -> dict[str, dict[str, str]]:
+    """Per request name, what locust printed at exit: `# reqs`, `# fails` and `req/s` from its stats
+    table, 50%/95%/99% from its percentile table."""
+    rows: dict[str, dict[str, str]] = {}
+    table = "stats"
+    for line in text.splitlines():
+        if line.startswith("Response time percentiles"):
+            table = "percentiles"
+        parts = line.split()
+        if parts[:1] == ["game"]:
+            parts = parts[1:]
+        if not parts or not (parts[0] == "Aggregated" or line.startswith("game ")):
+            continue
+        row = rows.setdefault(parts[0], {})
+        if table == "stats":  # name reqs fails(%) | avg min max med | req/s failures/s
+            row.update(count=parts[1], fail=parts[2].split("(")[0], rps=parts[-2])
+        else:  # name 50% 66% 75% 80% 90% 95% 98% 99% 99.9% 99.99% 100% reqs
+            row.update(p50=parts[1], p95=parts[6], p99=parts[8])
+    return rows
+
+
+def script_summary(text: str) -> dict[str, dict[str, str]]:
+    """loadtests/run.py's summary table, per request name."""
+    lines = text.splitlines()
+    start = lines.index(SUMMARY_TITLE) + 2  # the title, then the column header
+    rows = {}
+    for line in lines[start:]:
+        if line.startswith("server CPU"):
+            break
+        name, count, fail, p50, p95, p99, rps = line.split()
+        rows[name] = {"count": count, "fail": fail, "p50": p50, "p95": p95, "p99": p99, "rps": rps}
+    return rows
+
+
 @pytest.mark.slow
 @needs_posix_signals  # loadtests/run.py stops the server with SIGTERM and wants exit status 0
-def test_small_locust_run_has_zero_failures(tmp_path):
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "loadtests" / "run.py"), "--users", "20", "--spawn-rate", "10",
-         "--time", "10s", "--out", str(tmp_path)],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    with (tmp_path / "stats_stats.csv").open(newline="") as f:
+def test_make_loadtest_on_a_chosen_port_shows_live_progress_and_one_set_of_final_numbers(tmp_path):
+    """`make loadtest` with PORT: the server listens there, a progress line arrives while the run
+    goes on (locust has not written its report yet, and the server answers on PORT), no request
+    fails, and the script's summary, stats_stats.csv and locust's printed tables carry the same
+    numbers."""
+    port = free_port()
+    env = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered, as for most users
+    out = tmp_path / "reports"
+    cmd = [
+        "make", "--no-print-directory", "-o", ".venv/.installed", f"PY={sys.executable}", "loadtest",
+        "USERS=20", "SPAWN=10", "TIME=10s", f"PORT={port}", f"LOADTEST_ARGS=--out {out} --progress 2",
+    ]  # fmt: skip
+    stdout: list[str] = []
+    live: list[tuple[bool, int]] = []
+    with (tmp_path / "stderr.txt").open("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+
+        def read() -> None:
+            for line in proc.stdout:
+                stdout.append(line)
+                if line.startswith("progress ") and not live:
+                    report_written = (out / "report.html").exists()  # locust writes it when the run ends
+                    with GameClient("127.0.0.1", port, timeout=WAIT) as c:  # the run's server, on PORT
+                        live.append((report_written, c.request({"type": "ping", "t": 5})["t"]))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        reader.join(10)
+        err.seek(0)
+        stderr = err.read()
+    text = "".join(stdout)
+    detail = text[-3000:] + stderr[-3000:]
+    assert proc.returncode == 0, detail
+    assert f"game server on 127.0.0.1:{port} " in text, detail
+    assert live == [(False, 5)], detail
+
+    progress = [
+        dict(item.split("=") for item in line.split()[1:]) for line in stdout if line.startswith("progress ")
+    ]
+    assert len(progress) >= 3, detail  # every 2 s over a 10 s run
+    assert [int(p["total_reqs"]) for p in progress] == sorted(int(p["total_reqs"]) for p in progress)
+    assert int(progress[-1]["users"]) == 20 and float(progress[-1]["req/s"]) > 0, progress
+    assert all(p["fails"] == "0" and p["total_fails"] == "0" for p in progress), progress
+    assert text.index("progress ") < text.index(SUMMARY_TITLE)
+
+    with (out / "stats_stats.csv").open(newline="") as f:
         rows = {row["Name"]: row for row in csv.DictReader(f)}
-    detail = res.stdout[-3000:] + res.stderr[-3000:]
-    assert res.returncode == 0, detail
     assert rows["Aggregated"]["Failure Count"] == "0", detail
     for name in ("connect", "hello", "join", "move", "ping"):
         assert int(rows[name]["Request Count"]) > 0, name
-    assert (tmp_path / "report.html").stat().st_size > 0
-    summary = (tmp_path / "summary.txt").read_text()
+    assert (out / "report.html").stat().st_size > 0
+
+    locust = locust_tables(stderr)
+    ours = script_summary(text)
+    assert ours == locust, detail  # every name, every column: the same final numbers
+    assert {name: row["Request Count"] for name, row in rows.items()} == {
+        name: row["count"] for name, row in ours.items()
+    }
+    summary = (out / "summary.txt").read_text()
+    assert summary.startswith(SUMMARY_TITLE)
     for line in ("server CPU: ", "locust CPU: ", "machine CPU: "):
-        assert line in summary and line in res.stdout, detail
+        assert line in summary and line in text, detail

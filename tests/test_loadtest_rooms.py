@@ -5,6 +5,7 @@ correctly, so players retry elsewhere and nothing counts as a failure."""
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 from collections import Counter
@@ -14,7 +15,9 @@ import pytest
 from examples.gameserver import protocol as p
 from examples.gameserver.client import GameClient, ServerError
 from loadtests.rooms import join_room
+from loadtests.run import main as loadtest_main
 from loadtests.run import rooms_env
+from loadtests.soak import main as soak_main
 from tests.test_gameserver import BACKENDS, WAIT, RunningServer
 
 THINK_S = 0.02  # most between a player's room switches: players are rarely all mid-switch at once
@@ -166,3 +169,23 @@ def test_run_py_raises_max_rooms_only_when_the_users_need_more(tmp_path):
     small = tmp_path / "small.yaml"
     small.write_text("app:\n  max_players_per_room: 4\n  max_rooms: 10\n")
     assert rooms_env(100, str(small), env) == {"FRAMEWORK_APP__MAX_ROOMS": "50"}  # 4 per room, not 8
+
+
+def test_loadtest_and_soak_refuse_a_taken_port_before_starting_a_server(tmp_path, capsys):
+    """A listener on the port (here one with SO_REUSEPORT, as the game server sets it) would get the
+    load or share it: both scripts stop with a clear error before starting anything."""
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert loadtest_main(["--port", str(port), "--users", "1", "--out", str(tmp_path / "lt")]) == 2
+        assert soak_main(["--port", str(port), "--seconds", "1", "--out", str(tmp_path / "soak")]) == 2
+    err = capsys.readouterr().err
+    assert err.count(f"error: port {port} on 127.0.0.1 is not free") == 2, err
+    assert not (tmp_path / "lt" / "server.log").exists() and not (tmp_path / "soak" / "server.log").exists()
+    for main in (loadtest_main, soak_main):
+        with pytest.raises(SystemExit) as info:
+            main(["--port", "70000"])
+        assert info.value.code == 2
+        assert "a port is a whole number from 0 to 65535, got '70000'" in capsys.readouterr().err

@@ -5,6 +5,7 @@ smoke test runs it briefly on every backend, and checks that its verdict catches
 from __future__ import annotations
 
 import csv
+import socket
 import subprocess
 import sys
 
@@ -19,12 +20,18 @@ from loadtests.soak import ROOT, Sample, verdict
 @needs_posix_signals  # the soak's verdict includes "SIGTERM stops the server with status 0"
 @pytest.mark.parametrize("backend", available_backends())
 def test_soak_smoke_run_stays_flat(backend, tmp_path):
+    """Through `make soak` with PORT, as an operator runs it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     proc = subprocess.run(
-        [sys.executable, "-m", "loadtests.soak", "--seconds", "10", "--bots", "16", "--churn", "6",
-         "--backend", backend, "--out", str(tmp_path)],
+        ["make", "--no-print-directory", "-o", ".venv/.installed", f"PY={sys.executable}", "soak",
+         "SOAK_SECONDS=10", f"PORT={port}",
+         f"SOAK_ARGS=--bots 16 --churn 6 --backend {backend} --out {tmp_path}"],
         cwd=ROOT, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"game server on 127.0.0.1:{port} " in proc.stdout
     with (tmp_path / "samples.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) >= 8
