@@ -28,6 +28,7 @@ import functools
 import heapq
 import itertools
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -47,16 +48,25 @@ log = structlog.get_logger("framework.legacy")
 
 _monotonic_ns = time.monotonic_ns
 _get_ident = threading.get_ident
-_ABORTIVE_LINGER = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {l_onoff=1, l_linger=0}
+_LINGER = struct.Struct("ii")  # struct linger {int l_onoff; int l_linger;}
 _DISCARD_MAX = 16  # recv calls discard_unread makes at most
 
 
-def set_abortive_linger(sock: socket.socket) -> None:
-    """SO_LINGER {1, 0}: the close resets the connection (RST) and drops unsent data."""
+def set_socket_option(sock: socket.socket | None, level: int, name: int, value: int | bytes) -> bool:
+    """setsockopt as RAON's helpers report it: False (no exception) when there is no socket or the
+    OS refused (e.g. the connection is already gone)."""
+    if sock is None:
+        return False
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORTIVE_LINGER)
+        sock.setsockopt(level, name, value)
     except OSError:
-        pass  # already closed or reset: nothing left to abort
+        return False
+    return True
+
+
+def set_abortive_linger(sock: socket.socket | None) -> bool:
+    """SO_LINGER {1, 0}: the close resets the connection (RST) and drops unsent data."""
+    return set_socket_option(sock, socket.SOL_SOCKET, socket.SO_LINGER, _LINGER.pack(1, 0))
 
 
 def discard_unread(sock: socket.socket) -> None:
@@ -196,6 +206,25 @@ class IocpObject:
 
     def on_last_release(self) -> None:
         pass
+
+    # ---- socket options on the handle (RAON's helpers): False when no handle or the OS refused ----
+    def set_no_delay(self, on: bool = True) -> bool:
+        return set_socket_option(self.get_handle(), socket.IPPROTO_TCP, socket.TCP_NODELAY, int(on))
+
+    def set_keep_alive(self, on: bool = True) -> bool:
+        return set_socket_option(self.get_handle(), socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(on))
+
+    def set_send_buffer_size(self, size: int) -> bool:
+        return set_socket_option(self.get_handle(), socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+    def set_recv_buffer_size(self, size: int) -> bool:
+        return set_socket_option(self.get_handle(), socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+    def set_linger(self, on: bool, seconds: int = 0) -> bool:
+        """SO_LINGER. Prefer `disconnect(abortive=True)` for a reset: that also drops queued sends."""
+        return set_socket_option(
+            self.get_handle(), socket.SOL_SOCKET, socket.SO_LINGER, _LINGER.pack(int(on), seconds)
+        )
 
 
 class CallableJob(IocpObject):

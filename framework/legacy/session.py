@@ -333,10 +333,7 @@ class IocpObjectSession(IocpObject):
 
     def _on_established(self) -> None:
         self._connected = True
-        try:
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # peer already gone: the first recv reports it
+        self.set_no_delay()  # False when the peer is already gone: the first recv reports it
         if self.coordinator is not None:
             self.coordinator.on_session_connected(self)
         self.on_connect(True)
