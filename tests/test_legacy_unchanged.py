@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 
 from examples.legacy_chat.protocol import PacketId, parse_chat_notify, text_packet
-from examples.legacy_chat.server import ChatServer
 from framework.io.factory import create_provider, provider_class
 from framework.legacy import (
     IocpCore,
@@ -35,6 +34,7 @@ from framework.legacy import (
     SessionPool,
     SessionType,
     build_packet,
+    read_packets,
 )
 from tests.conftest import RUNNABLE_BACKENDS, STANDIN_BACKENDS, WAIT_S
 
@@ -206,9 +206,19 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return data
 
 
+class PacketEcho(Recorder):
+    def on_recv(self, buf: memoryview, length: int) -> int:
+        packets, consumed = read_packets(buf, length)
+        for packet_id, payload in packets:
+            self.reserve_send(build_packet(packet_id, payload))
+        self.flush_send()
+        return consumed
+
+
 def test_n_worker_threads_calling_handle_iocp_serve_every_connection(core: IocpCore) -> None:
-    """RAON's main: services first, then 4 workers looping on handle_iocp(-1); 20 chatters."""
-    chat = ChatServer(core, "127.0.0.1", 0)
+    """RAON's main: services first, then 4 workers looping on handle_iocp(-1); 20 clients at once,
+    each connecting 3 times and echoing 30 packets per connection."""
+    svc = core.register_server_service(0, PacketEcho, host="127.0.0.1", max_sessions=64)  # >= 60 conns
     stopping = threading.Event()
     errors: list[BaseException] = []
 
@@ -219,30 +229,36 @@ def test_n_worker_threads_calling_handle_iocp_serve_every_connection(core: IocpC
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    clients: list[socket.socket] = []
+    served: list[int] = []
+
+    def client(n: int) -> None:
+        try:
+            for _ in range(3):
+                with connect_raw(svc.address) as sock:
+                    for i in range(30):
+                        packet = build_packet(i, f"client {n} packet {i}".encode())
+                        sock.sendall(packet)
+                        assert _recv_exactly(sock, len(packet)) == packet
+            served.append(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
+    clients = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(20)]
     try:
-        for i in range(20):
-            sock = connect_raw(chat.address)
-            clients.append(sock)
-            sock.sendall(text_packet(PacketId.LOGIN, f"p{i}"))
-        for sock in clients:
-            assert read_packet(sock, PacketId.LOGIN_OK).startswith(b"welcome")
-        clients[7].sendall(text_packet(PacketId.CHAT, "hello all"))
-        for sock in clients:
-            assert parse_chat_notify(read_packet(sock, PacketId.CHAT_NOTIFY)) == ("p7", "hello all")
+        for thread in workers + clients:
+            thread.start()
+        for thread in clients:
+            thread.join(WAIT_S * 3)
     finally:
         stopping.set()
         core.stop()  # every worker's handle_iocp(-1) returns
-        for thread in threads:
+        for thread in workers:
             thread.join(WAIT_S)
-        for sock in clients:
-            sock.close()
-    assert not any(thread.is_alive() for thread in threads)
-    assert errors == [] and core.handler_errors == 0
-    assert chat.room.messages == 1
+    assert errors == [] and sorted(served) == list(range(20))
+    assert not any(thread.is_alive() for thread in workers)
+    assert core.handler_errors == 0
+    pump(core, lambda: not svc.active_sessions)
 
 
 def test_io_from_a_thread_racing_a_running_worker_is_refused_with_a_clear_error(core: IocpCore) -> None:
