@@ -115,6 +115,7 @@ class Recorder(IocpObjectSession):
         super().__init__(recv_buffer_size=4096)
         self.sent: list[tuple[int, int]] = []
         self.disconnects = 0
+        self.received = 0  # packets, for the sessions that parse them
 
     def on_send(self, length: int, packet_id: int) -> None:
         self.sent.append((length, packet_id))
@@ -215,7 +216,8 @@ class PacketEcho(Recorder):
         return consumed
 
 
-def test_n_worker_threads_calling_handle_iocp_serve_every_connection(core: IocpCore) -> None:
+def test_n_worker_threads_calling_handle_iocp_serve_every_connection(any_core: IocpCore) -> None:
+    core = any_core
     """RAON's main: services first, then 4 workers looping on handle_iocp(-1); 20 clients at once,
     each connecting 3 times and echoing 30 packets per connection."""
     svc = core.register_server_service(0, PacketEcho, host="127.0.0.1", max_sessions=64)  # >= 60 conns
@@ -299,6 +301,68 @@ def test_add_ref_on_a_released_pooled_session_takes_no_reference(core: IocpCore)
     pump(core, lambda: session.is_connected)  # the only pooled session is still in service
     again.close()
     pump(core, lambda: session.disconnects == 2)
+
+
+class PinnedDelayedEcho(Recorder):
+    """Answers 100 ms later from a timer that pins the session with add_ref (docs/MIGRATING.md)."""
+
+    def on_recv(self, buf: memoryview, length: int) -> int:
+        packets, consumed = read_packets(buf, length)
+        self.received += len(packets)
+        for packet_id, payload in packets:
+            reply = build_packet(packet_id, payload)
+            if self.add_ref() > 0:  # <= 0: already released, nothing to answer
+                self.core.push_timer_job(100, lambda r=reply: self.answer(r))
+        return consumed
+
+    def answer(self, reply: bytes) -> None:
+        try:
+            if self.is_connected:  # the player may have left; the object cannot have been reused
+                self.send(reply)
+        finally:
+            self.release()
+
+
+class GenerationDelayedEcho(Recorder):
+    """The same with `generation`: no pin, so the session may be reused before the timer fires."""
+
+    def on_recv(self, buf: memoryview, length: int) -> int:
+        packets, consumed = read_packets(buf, length)
+        self.received += len(packets)
+        for packet_id, payload in packets:
+            reply, generation = build_packet(packet_id, payload), self.generation
+            self.core.push_timer_job(100, lambda r=reply, g=generation: self.answer(r, g))
+        return consumed
+
+    def answer(self, reply: bytes, generation: int) -> None:
+        if self.generation == generation and self.is_connected:
+            self.send(reply)
+
+
+@pytest.mark.parametrize("session_cls", [PinnedDelayedEcho, GenerationDelayedEcho])
+def test_a_timer_holding_a_session_never_answers_the_next_player(
+    core: IocpCore, session_cls: type[Recorder]
+) -> None:
+    svc = core.register_server_service(0, session_cls, host="127.0.0.1", max_sessions=1)
+    session = svc.pool.sessions[0]
+    first = connect_raw(svc.address)
+    first.sendall(build_packet(1, b"for the first player"))
+    pump(core, lambda: session.received == 1)
+    first.close()
+    pump(core, lambda: session.disconnects == 1)  # pinned: only after the timer let go
+    second = connect_raw(svc.address)
+    second.sendall(build_packet(2, b"for the second player"))
+    data = b""
+    second.setblocking(False)
+    deadline = time.monotonic() + 0.5  # both timers (100 ms) are due well before
+    while time.monotonic() < deadline:
+        core.handle_iocp(10)
+        try:
+            data += second.recv(4096)
+        except BlockingIOError:
+            pass
+    second.close()
+    assert data == build_packet(2, b"for the second player")
 
 
 # ---------------------------------------------------------------------------------- defect 4
