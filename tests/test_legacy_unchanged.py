@@ -352,17 +352,19 @@ def test_a_timer_holding_a_session_never_answers_the_next_player(
     pump(core, lambda: session.disconnects == 1)  # pinned: only after the timer let go
     second = connect_raw(svc.address)
     second.sendall(build_packet(2, b"for the second player"))
+    expected = build_packet(2, b"for the second player")
     data = b""
     second.setblocking(False)
-    deadline = time.monotonic() + 0.5  # both timers (100 ms) are due well before
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + WAIT_S
+    while len(data) < len(expected):  # a stale answer's timer is due first: it would come first
+        assert time.monotonic() < deadline, f"got {data!r}"
         core.handle_iocp(10)
         try:
             data += second.recv(4096)
         except BlockingIOError:
             pass
     second.close()
-    assert data == build_packet(2, b"for the second player")
+    assert data == expected
 
 
 # ---------------------------------------------------------------------------------- defect 4

@@ -12,13 +12,13 @@ so frames stay in order and whatever is queued meanwhile leaves together in the 
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import socket
 import time
 from collections import deque
 from collections.abc import Callable, Generator
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -275,7 +275,7 @@ class SessionHost:
     # ------------------------------------------------------------------ timers & scheduling
     def call_later(self, delay_s: float, fn: Callable[..., Any], *args: Any) -> Timer:
         """Run `fn(*args)` in the loop after `delay_s` seconds (loop thread only), as asyncio does."""
-        timer = Timer(self, _monotonic() + max(0.0, delay_s), functools.partial(fn, *args) if args else fn, 0.0)
+        timer = Timer(self, _monotonic() + max(0.0, delay_s), partial(fn, *args) if args else fn, 0.0)
         heapq.heappush(self._timers, (timer.when, next(self._timer_seq), timer))
         return timer
 
