@@ -1,5 +1,9 @@
 """`python -m examples.legacy_chat [server|client|mixed] --backend NAME --port N [--name NAME]`.
 
+server: `--workers N` runs RAON's main: N worker threads, each looping on `core.handle_iocp(-1)`
+(the core serializes them; completions go to whichever worker waits). `--max-members N`: a login
+beyond N is told "server full" and kicked.
+
 mixed: the legacy chat server and its Session-API port in one process, one loop (the Server's, on
 the legacy_iocp provider wrapping the legacy IocpCore), sharing one room; see docs/MIGRATING.md.
 """
@@ -26,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="guest", help="client: the chat name")
     parser.add_argument("--session-port", type=int, default=7101, help="mixed: the Session-API port")
     parser.add_argument("--config", default=None, help="mixed: a deployment YAML for the Session server")
+    parser.add_argument("--workers", type=int, default=1, help="server: threads calling handle_iocp")
+    parser.add_argument("--max-members", type=int, default=0, help="server: room capacity (0: no limit)")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     if args.mode == "mixed":
         return run_mixed(args)
 
@@ -34,19 +42,44 @@ def main(argv: list[str] | None = None) -> int:
     if not core.initialize():
         print(f"cannot start: {core.last_error}", file=sys.stderr)
         return 1
+    stopping = threading.Event()
+
+    def on_signal(*_: Any) -> None:
+        stopping.set()
+        core.stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: core.stop())
+        signal.signal(sig, on_signal)
     try:
         if args.mode == "server":
-            server = ChatServer(core, args.host, args.port)
+            server = ChatServer(core, args.host, args.port, max_members=args.max_members)
             host, port = server.address[:2]
             print(f"legacy chat listening on {host}:{port} (backend {core.provider.name})", flush=True)
+            if args.workers > 1:
+                run_workers(core, args.workers, stopping)
+                return 0
         else:
             run_client(core, args)
         core.run()
     finally:
         core.shutdown()
     return 0
+
+
+def run_workers(core: IocpCore, n: int, stopping: threading.Event) -> None:
+    """RAON's main: services registered first, then N workers on the completion port; on a
+    signal the flag is set and `core.stop()` makes every worker's handle_iocp(-1) return."""
+
+    def worker() -> None:
+        while not stopping.is_set():
+            core.handle_iocp(-1)
+
+    threads = [threading.Thread(target=worker, name=f"iocp-worker-{i}") for i in range(n)]
+    for thread in threads:
+        thread.start()
+    stopping.wait()  # the signal handler runs here, in the main thread
+    for thread in threads:
+        thread.join()
 
 
 def run_mixed(args: argparse.Namespace) -> int:

@@ -21,7 +21,8 @@ log = structlog.get_logger("examples.legacy_chat")
 
 
 class ChatRoom:
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 0) -> None:
+        self.capacity = capacity  # members at most (0: as many as the session pool holds)
         self.members: set[ChatServerSession] = set()
         self.packets_sent = 0  # reported by on_send
         self.messages = 0
@@ -60,6 +61,11 @@ class ChatServerSession(PacketSession):
             if not name:
                 self.disconnect("empty name")
                 return
+            if self.room.capacity and len(self.room.members) >= self.room.capacity:
+                # RAON's "notify, then kick": the notice is delivered before the close.
+                self.send(text_packet(PacketId.NOTICE, "server full"))
+                self.disconnect("server full")
+                return
             self.name = name
             self.room.broadcast(text_packet(PacketId.NOTICE, f"{name} joined"))
             self.room.members.add(self)
@@ -87,10 +93,15 @@ class ChatServer:
     """The server service plus its room."""
 
     def __init__(
-        self, core: IocpCore, host: str = "127.0.0.1", port: int = 0, max_sessions: int = 256
+        self,
+        core: IocpCore,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_sessions: int = 256,
+        max_members: int = 0,
     ) -> None:
         self.core = core
-        self.room = ChatRoom()
+        self.room = ChatRoom(max_members)
         self.service: ServiceCoordinator = core.register_server_service(
             port, lambda: ChatServerSession(self.room), host=host, max_sessions=max_sessions
         )

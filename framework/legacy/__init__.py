@@ -7,7 +7,7 @@ table is in docs/MIGRATING.md.
 from framework.legacy.core import CallableJob, IocpCore, IocpObject, IoType, OverlappedEx
 from framework.legacy.packet import PacketError, PacketHeader, build_packet, packet_id_of, read_packets
 from framework.legacy.service import IocpObjectListener, ServiceCoordinator, ServiceType, SessionPool
-from framework.legacy.session import IocpObjectSession
+from framework.legacy.session import IocpObjectSession, KickReason, SessionType
 
 __all__ = [
     "CallableJob",
@@ -16,12 +16,14 @@ __all__ = [
     "IocpObject",
     "IocpObjectListener",
     "IocpObjectSession",
+    "KickReason",
     "OverlappedEx",
     "PacketError",
     "PacketHeader",
     "ServiceCoordinator",
     "ServiceType",
     "SessionPool",
+    "SessionType",
     "build_packet",
     "packet_id_of",
     "read_packets",

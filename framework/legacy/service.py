@@ -18,7 +18,7 @@ import structlog
 
 from framework.io.sockets import open_listener
 from framework.legacy.core import IocpCore, IocpObject, IoType, OverlappedEx
-from framework.legacy.session import IocpObjectSession
+from framework.legacy.session import IocpObjectSession, KickReason
 
 log = structlog.get_logger("framework.legacy")
 
@@ -27,13 +27,17 @@ ACCEPT_RETRY_MS = 100  # after a failed accept (e.g. EMFILE): retry later instea
 
 class ServiceType(IntEnum):
     SERVER = 0
-    CLIENT = 1
+    CLIENT = 1  # sessions connect when the application calls manual_connect()
+    CLIENT_MANUAL = 1  # RAON's name for the same thing (an alias of CLIENT)
     CLIENT_AUTO_RECONNECT = 2
 
 
 class SessionPool:
     """Sessions created once and reused in a circle: a released session goes to the back, so the
-    object reused next is the one that has been free the longest."""
+    object reused next is the one that has been free the longest.
+
+    The pool knows which sessions are free: releasing one twice, or one it did not create, raises
+    (either would hand one object to two connections)."""
 
     def __init__(self, factory: Callable[[], IocpObjectSession], capacity: int) -> None:
         if capacity <= 0:
@@ -43,13 +47,42 @@ class SessionPool:
             session = factory()
             session.session_id = index
             self._all.append(session)
+        self._members = {id(s) for s in self._all}
         self._free: deque[IocpObjectSession] = deque(self._all)
+        self._free_ids = set(self._members)
+        self.owner: ServiceCoordinator | None = None  # the service serving from this pool
 
     def acquire(self) -> IocpObjectSession | None:
-        return self._free.popleft() if self._free else None
+        if not self._free:
+            return None
+        session = self._free.popleft()
+        self._free_ids.discard(id(session))
+        return session
 
     def release(self, session: IocpObjectSession) -> None:
+        key = id(session)
+        if key not in self._members:
+            raise ValueError(f"{type(session).__name__} #{session.session_id} does not belong to this pool")
+        if key in self._free_ids:
+            raise RuntimeError(f"session #{session.session_id} released twice")
+        self._free_ids.add(key)
         self._free.append(session)
+
+    def alive_sessions(self) -> set[IocpObjectSession]:
+        """RAON AliveSessionSet: the sessions taken out of the pool and not released yet."""
+        return {s for s in self._all if id(s) not in self._free_ids}
+
+    def reset_session_pool(self) -> None:
+        """RAON ResetSessionPool: every session reset and free again, in index order. Refused
+        while one still has a connection or an operation outstanding (disconnect it first, e.g.
+        by stopping its service): resetting it then would mix two connections' completions."""
+        busy = [s.session_id for s in self._all if not s.is_idle]
+        if busy:
+            raise RuntimeError(f"sessions {busy} are still connected or have I/O outstanding")
+        for session in self._all:
+            session.reset()
+        self._free = deque(self._all)
+        self._free_ids = set(self._members)
 
     @property
     def capacity(self) -> int:
@@ -75,6 +108,17 @@ class IocpObjectListener(IocpObject):
         self._listening = False
         self.closed = True
         self.address: Any = None
+        self.accepted_count = 0  # connections handed to a session
+        self.refused_count = 0  # connections closed at once (pool exhausted, or refused)
+
+    @property
+    def session_count(self) -> int:
+        """Sessions of this listener's service alive now (RAON's current session count)."""
+        return len(self.coordinator.pool.alive_sessions()) if self.coordinator is not None else 0
+
+    @property
+    def max_session_count(self) -> int:
+        return self.coordinator.pool.capacity if self.coordinator is not None else 0
 
     def get_handle(self) -> socket.socket | None:
         return self._sock
@@ -125,11 +169,15 @@ class IocpObjectListener(IocpObject):
         session = coordinator.acquire_session() if coordinator is not None else None
         if session is None:
             log.warning("connection refused: session pool exhausted", peer=address)
+            self.refused_count += 1
             sock.close()
             return
         if not session.accept(sock, address):
+            self.refused_count += 1
             sock.close()
             coordinator.release_session(session)
+            return
+        self.accepted_count += 1
 
     def handle_iocp(self, overlapped: OverlappedEx, bytes_transferred: int) -> None:
         try:
@@ -168,21 +216,33 @@ class ServiceCoordinator:
         core: IocpCore,
         service_type: ServiceType,
         address: tuple[str, int],
-        session_factory: Callable[[], IocpObjectSession],
+        session_factory: Callable[[], IocpObjectSession] | None,
         max_sessions: int,
         *,
         backlog: int = 128,
         accept_count: int = 4,
         reconnect_delay_ms: int = 500,
         connect_timeout_ms: int | None = 5000,
+        pool: SessionPool | None = None,
     ) -> None:
+        """`pool`: serve from the caller's SessionPool (RAON RegisterServerService(port, n, pool));
+        `session_factory` and `max_sessions` are then unused. A pool serves one running service."""
+        if pool is None:
+            if session_factory is None:
+                raise ValueError("a service needs a session_factory or a pool")
+            pool = SessionPool(session_factory, max_sessions)
+        elif pool.owner is not None and not pool.owner.stopped:
+            raise ValueError("the SessionPool already serves a running service")
+        elif pool.alive_sessions():
+            raise ValueError("the SessionPool has sessions in use: release them first")
+        pool.owner = self
         self.core = core
         self.service_type = service_type
         self.address: Any = address
         self.backlog = backlog
         self.reconnect_delay_ms = reconnect_delay_ms
         self.connect_timeout_ms = connect_timeout_ms
-        self.pool = SessionPool(session_factory, max_sessions)
+        self.pool = pool
         for session in self.pool.sessions:
             session.coordinator = self
             session.core = core
@@ -215,7 +275,7 @@ class ServiceCoordinator:
         if self.listener is not None:
             self.listener.close()
         for session in list(self._active):
-            session.disconnect("service stopped")
+            session.disconnect(KickReason.SERVICE_STOPPED, "service stopped")
         for session in list(self._reconnecting):
             self._reconnecting.discard(session)
             self.pool.release(session)
@@ -241,6 +301,8 @@ class ServiceCoordinator:
 
     def release_session(self, session: IocpObjectSession) -> None:
         """A session ended (after on_disconnect, or a failed connect): reset and reuse it."""
+        if session not in self._active:
+            raise RuntimeError(f"session #{session.session_id} is not in use by this service")
         session.reset()
         self._active.discard(session)
         if self.service_type == ServiceType.CLIENT_AUTO_RECONNECT and not self._stopping:

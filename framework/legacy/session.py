@@ -8,30 +8,63 @@ The life of a session, as in RAON:
 - `reserve_send` queues a packet, `flush_send` sends everything queued as ONE send operation
   (the gathered WSASend); `send` is both; while a send is in flight new packets queue and go out
   together when it completes; `on_send(len, packet_id)` reports each packet once written;
-- `disconnect(reason)` issues DisconnectEx; every operation still pending completes (CANCELLED),
-  and when the reference count reaches zero the socket is closed, `on_disconnect()` runs and the
-  session goes back to its coordinator (pool / reconnect) after `reset()`.
+- `disconnect(reason)` stops new sends, lets every packet already accepted by `send` /
+  `reserve_send` go out (IOCP's graceful close; `abortive=True` drops them and resets), then issues
+  DisconnectEx; every operation still pending completes (CANCELLED), and when the reference count
+  reaches zero the socket is closed, `on_disconnect()` runs and the session goes back to its
+  coordinator (pool / reconnect) after `reset()`; `kick_reason` / `disconnect_reason` say why.
 
 The reference count is what makes this safe: the session is never reset or reused while the
-provider still owes it a completion.
+provider still owes it a completion. A pooled session nobody uses has the count UNUSED (-1), so a
+stray `add_ref()` on it returns <= 0 and takes no reference (RAON's convention).
 """
 
 from __future__ import annotations
 
 import socket
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from framework.io.errors import describe
 from framework.io.provider import Status
-from framework.legacy.core import IocpCore, IocpObject, IoType, OverlappedEx
+from framework.legacy.core import IocpCore, IocpObject, IoType, OverlappedEx, discard_unread
 from framework.legacy.packet import packet_id_of
 
 if TYPE_CHECKING:
     from framework.legacy.service import ServiceCoordinator
 
 log = structlog.get_logger("framework.legacy")
+
+
+class KickReason(IntEnum):
+    """RAON IO_SESSION_KICK_REASON: why a session was disconnected (`session.kick_reason`).
+    `disconnect_reason` keeps the readable text (with details such as the OS error)."""
+
+    NONE = 0  # still connected
+    KICKED = 1  # the application called disconnect() (a free-text reason maps here)
+    CLOSED_BY_PEER = 2
+    IO_ERROR = 3  # a send or receive failed
+    CONNECT_FAILED = 4
+    HANDLER_ERROR = 5  # a callback raised
+    BAD_RECV = 6  # on_recv returned an impossible byte count
+    RECV_BUFFER_FULL = 7  # on_recv consumed nothing of a full buffer
+    SEND_QUEUE_FULL = 8  # the peer does not read (closed abortively)
+    POST_FAILED = 9  # an operation could not be posted (provider shut down)
+    SERVICE_STOPPED = 10
+
+    @property
+    def text(self) -> str:
+        return self.name.lower().replace("_", " ")
+
+
+class SessionType(IntEnum):
+    """RAON SessionType (`get_session_type()`): how the session's current connection was made."""
+
+    NONE = 0  # not connected
+    SERVER = 1  # accepted by a listener
+    CLIENT = 2  # connected out by connect()
 
 
 def _describe_failure(overlapped: OverlappedEx) -> str:
@@ -52,6 +85,10 @@ class IocpObjectSession(IocpObject):
         self.generation = 0  # incremented by reset(): tells reuses of one object apart in logs
         self.peer_address: Any = None
         self.disconnect_reason = ""
+        self.kick_reason = KickReason.NONE
+        self.session_type = SessionType.NONE
+        self._refs = self.UNUSED  # pooled, unused: add_ref() refuses until a connection arrives
+        self._abortive = False
         self._sock: socket.socket | None = None
         self._registered = False
         self._connected = False
@@ -81,7 +118,11 @@ class IocpObjectSession(IocpObject):
     @property
     def is_idle(self) -> bool:
         """No socket and no operation outstanding: free to connect or to be pooled."""
-        return self._sock is None and self._refs == 0
+        return self._sock is None and self._refs <= 0
+
+    def get_session_type(self) -> SessionType:
+        """GetSessionType(): SERVER (accepted), CLIENT (connected out) or NONE."""
+        return self.session_type
 
     @property
     def queued_send_bytes(self) -> int:
@@ -122,7 +163,7 @@ class IocpObjectSession(IocpObject):
         except OSError as exc:
             log.warning("connect: socket() failed", error=str(exc))
             return False
-        if not self._attach(core, sock, address):
+        if not self._attach(core, sock, address, SessionType.CLIENT):
             return False
         self._connecting = True
         self.add_ref()
@@ -130,6 +171,8 @@ class IocpObjectSession(IocpObject):
             self._connecting = False
             self.release()
             self._close_socket()
+            self._refs = self.UNUSED
+            self.session_type = SessionType.NONE
             return False
         return True
 
@@ -145,7 +188,10 @@ class IocpObjectSession(IocpObject):
         if length is not None:
             data = data[:length]
         if self.queued_send_bytes + len(data) > self.MAX_SEND_QUEUE:
-            self.disconnect("send queue over MAX_SEND_QUEUE (peer not reading)")
+            # Abortive: what is queued would only wait for a peer that does not read.
+            self.disconnect(
+                KickReason.SEND_QUEUE_FULL, "send queue over MAX_SEND_QUEUE (peer not reading)", abortive=True
+            )
             return False
         self._reserved += data
         self._reserved_packets.append((len(data), packet_id_of(data)))
@@ -156,6 +202,10 @@ class IocpObjectSession(IocpObject):
         packets follow as one send as soon as it completes."""
         if not self.is_connected:
             return False
+        return self._post_send()
+
+    def _post_send(self) -> bool:
+        """Put the reserved packets on the wire unless a send is in flight (it follows then)."""
         if self._send_in_flight or not self._reserved:
             return True
         self._sending, self._reserved = self._reserved, self._sending
@@ -166,25 +216,55 @@ class IocpObjectSession(IocpObject):
         if not self.core.wsa_send(self, self._send_ov):
             self._send_in_flight = False
             self.release()
-            self.disconnect("send could not be posted")
+            self.disconnect(KickReason.POST_FAILED, "send could not be posted")
             return False
         return True
 
-    def disconnect(self, reason: str = "") -> None:
-        """Disconnect(reason): close the connection; on_disconnect follows once all I/O finished."""
-        if self._disconnecting or (not self._connected and not self._connecting):
+    def disconnect(
+        self,
+        reason: KickReason | str = KickReason.KICKED,
+        detail: str = "",
+        *,
+        abortive: bool = False,
+        linger_ms: int | None = None,
+    ) -> None:
+        """Disconnect(reason): no new sends; every packet already accepted goes out first (for
+        at most `linger_ms`, IocpCore.DISCONNECT_LINGER_MS by default), then the connection
+        closes. `abortive=True` drops them and resets the connection (SO_LINGER 0); it also
+        hurries a graceful close already waiting. on_disconnect follows once all I/O finished.
+        `reason` is a KickReason or free text (then kick_reason is KICKED)."""
+        if self._disconnecting:
+            if abortive and self._deferred_disconnect is not None:  # a graceful close still waits
+                self._abortive = True
+                self._reserved.clear()
+                self._reserved_packets.clear()
+                self.core.disconnect_ex(self, self._disconnect_ov, abortive=True)
+            return
+        if not self._connected and not self._connecting:
             return
         self._disconnecting = True
-        self.disconnect_reason = reason
+        self._abortive = abortive
+        if isinstance(reason, KickReason):
+            self.kick_reason = reason
+            self.disconnect_reason = detail or reason.text
+        else:
+            self.kick_reason = KickReason.KICKED
+            self.disconnect_reason = reason
         self.add_ref()
-        if not self.core.disconnect_ex(self, self._disconnect_ov):
+        if abortive:
+            self._reserved.clear()
+            self._reserved_packets.clear()
+        elif self._connected:
+            self._post_send()  # reserved but not flushed yet: accepted all the same
+        if not self.core.disconnect_ex(self, self._disconnect_ov, abortive=abortive, linger_ms=linger_ms):
             self.release()  # provider gone: nothing more will complete
 
     def reset(self) -> None:
         """Reset(): back to the pooled state. Subclasses reset their own fields and call super()."""
         self.generation += 1
         self.peer_address = None
-        self._connected = self._connecting = self._disconnecting = False
+        self.session_type = SessionType.NONE
+        self._connected = self._connecting = self._disconnecting = self._abortive = False
         self._recv_len = 0
         self._reserved.clear()
         self._reserved_packets.clear()
@@ -201,20 +281,23 @@ class IocpObjectSession(IocpObject):
         core = self.coordinator.core if self.coordinator is not None else self.core
         if core is None or not self.is_idle:
             return False
-        if not self._attach(core, sock, address):
+        if not self._attach(core, sock, address, SessionType.SERVER):
             return False
         self._on_established()
         return True
 
-    def _attach(self, core: IocpCore, sock: socket.socket, address: Any) -> bool:
+    def _attach(self, core: IocpCore, sock: socket.socket, address: Any, session_type: SessionType) -> bool:
         """Take `sock` and associate it with `core`; on failure the socket is closed."""
         self._sock = sock
         self.peer_address = address
         self.disconnect_reason = ""
+        self.kick_reason = KickReason.NONE
         if not core.register_iocp_object(self):
             self._close_socket()
             return False
         self._registered = True
+        self._refs = 0  # in use: references count again
+        self.session_type = session_type
         return True
 
     # ------------------------------------------------------------------ completions
@@ -234,7 +317,7 @@ class IocpObjectSession(IocpObject):
 
     def on_iocp_error(self, overlapped: OverlappedEx, exc: BaseException) -> None:
         # A callback raised: the session's state is unknown, so it goes (seed: session->Close()).
-        self.disconnect(f"handler raised {type(exc).__name__}: {exc}")
+        self.disconnect(KickReason.HANDLER_ERROR, f"handler raised {type(exc).__name__}: {exc}")
 
     def _connect_done(self, overlapped: OverlappedEx) -> None:
         self._connecting = False
@@ -242,6 +325,7 @@ class IocpObjectSession(IocpObject):
             return
         if not overlapped.ok:
             self.disconnect_reason = _describe_failure(overlapped)
+            self.kick_reason = KickReason.CONNECT_FAILED
             self._disconnecting = True  # torn down in on_last_release (no on_disconnect)
             self.on_connect(False)
             return
@@ -249,10 +333,7 @@ class IocpObjectSession(IocpObject):
 
     def _on_established(self) -> None:
         self._connected = True
-        try:
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # peer already gone: the first recv reports it
+        self.set_no_delay()  # False when the peer is already gone: the first recv reports it
         if self.coordinator is not None:
             self.coordinator.on_session_connected(self)
         self.on_connect(True)
@@ -264,23 +345,23 @@ class IocpObjectSession(IocpObject):
         self.add_ref()
         if not self.core.wsa_recv(self, self._recv_ov):
             self.release()
-            self.disconnect("recv could not be posted")
+            self.disconnect(KickReason.POST_FAILED, "recv could not be posted")
 
     def _recv_done(self, overlapped: OverlappedEx, nbytes: int) -> None:
         overlapped.wsa_buf = None
         if self._disconnecting:
             return
         if not overlapped.ok:
-            self.disconnect(_describe_failure(overlapped))
+            self.disconnect(KickReason.IO_ERROR, _describe_failure(overlapped))
             return
         if nbytes == 0:
-            self.disconnect("closed by peer")
+            self.disconnect(KickReason.CLOSED_BY_PEER, "closed by peer")
             return
         total = self._recv_len + nbytes
         buf = self._recv_buf
         consumed = self.on_recv(memoryview(buf)[:total], total)
         if not isinstance(consumed, int) or consumed < 0 or consumed > total:
-            self.disconnect(f"on_recv returned {consumed!r} for {total} bytes")
+            self.disconnect(KickReason.BAD_RECV, f"on_recv returned {consumed!r} for {total} bytes")
             return
         rest = total - consumed
         if rest and consumed:
@@ -289,7 +370,7 @@ class IocpObjectSession(IocpObject):
         if not self.is_connected:
             return
         if rest == len(buf):
-            self.disconnect(f"recv buffer full ({rest} bytes unconsumed)")
+            self.disconnect(KickReason.RECV_BUFFER_FULL, f"recv buffer full ({rest} bytes unconsumed)")
             return
         self._post_recv()
 
@@ -309,13 +390,13 @@ class IocpObjectSession(IocpObject):
         if not overlapped.ok:
             packets.clear()
             if not self._disconnecting:
-                self.disconnect(_describe_failure(overlapped))
+                self.disconnect(KickReason.IO_ERROR, _describe_failure(overlapped))
             return
         for length, packet_id in packets:
             self.on_send(length, packet_id)
         packets.clear()
-        if self._reserved and self.is_connected:
-            self.flush_send()
+        if self._reserved and self._connected and not self._abortive:
+            self._post_send()  # also while a graceful close waits: those packets were accepted
 
     def on_last_release(self) -> None:
         if self._disconnecting and self._sock is not None:
@@ -326,7 +407,10 @@ class IocpObjectSession(IocpObject):
         was_connected = self._connected
         if self._registered and self.core is not None and not self.core.closed:
             self.core.unregister_iocp_object(self)  # no-op when DisconnectEx detached it
+        if not self._abortive and self._sock is not None:
+            discard_unread(self._sock)  # unread input would turn the close into a reset
         self._close_socket()
+        self._refs = self.UNUSED  # released: a stray add_ref() now returns <= 0
         self._connected = self._connecting = False
         if was_connected:
             try:

@@ -20,6 +20,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Generator
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -291,9 +292,9 @@ class SessionHost:
         return FrameDecoder(self.settings.session.max_frame_size, payload)
 
     # ------------------------------------------------------------------ timers & scheduling
-    def call_later(self, delay_s: float, fn: Callable[[], Any]) -> Timer:
-        """Run `fn()` in the loop after `delay_s` seconds (loop thread only)."""
-        timer = Timer(self, _monotonic() + max(0.0, delay_s), fn, 0.0)
+    def call_later(self, delay_s: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        """Run `fn(*args)` in the loop after `delay_s` seconds (loop thread only), as asyncio does."""
+        timer = Timer(self, _monotonic() + max(0.0, delay_s), partial(fn, *args) if args else fn, 0.0)
         heapq.heappush(self._timers, (timer.when, next(self._timer_seq), timer))
         return timer
 
