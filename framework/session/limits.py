@@ -1,0 +1,227 @@
+"""Per-session rate limits: token buckets over what an accepted client sends (docs/SESSIONS.md).
+
+`RateLimits` is built once per server and session class from `settings.session.rate_limit` and the
+class's `rate_limits` / `rate_limit_key` hook; `RateLimits.limiter()` gives each session its own
+`SessionLimiter` (on its first message, so an idle connection holds none). The session host calls
+`SessionLimiter.admit` at one place, where decoded messages are handed to handlers; with no limit
+configured a session has no limiter and that place costs one attribute test.
+
+Buckets are refilled lazily from the loop's clock (`host.now`): a few float operations per delivered
+batch, nothing per idle session, no timers.
+
+A message over a limit is dropped. Policy "close" closes the session once `max_violations` messages
+were dropped; "drop" never does. A msgpack session gets `rate_limit_error(...)` back for a drop (at
+most one reply per second, carrying how many were dropped since the previous one), so a flood of
+over-limit messages cannot make the server write more than it reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from framework.session.session import Session
+
+#: The close reason of policy "close" (on_disconnected, logs): stable, clients and tests match it.
+RATE_LIMIT_EXCEEDED = "rate limit exceeded"
+#: The `code` of the error map below.
+RATE_LIMITED = "rate_limited"
+#: Limit names of the two framework-wide buckets (per-type limits are named by their key).
+MESSAGES = "messages"
+BYTES = "bytes"
+_REPLY_INTERVAL_S = 1.0
+
+
+def rate_limit_error(limit: str, per_s: float, dropped: int) -> dict[str, Any]:
+    """The error map a msgpack session receives when its messages were dropped by a rate limit:
+    `limit` is "messages", "bytes" or a per-type key; `dropped` counts the messages dropped since
+    the previous reply. Its shape matches the example game's `error` message."""
+    unit = "bytes" if limit == BYTES else "messages"
+    what = "received bytes" if limit == BYTES else ("messages" if limit == MESSAGES else f"{limit!r} messages")
+    return {
+        "type": "error",
+        "code": RATE_LIMITED,
+        "message": f"{what} are limited to {per_s:g} {unit} per second; {dropped} dropped",
+        "limit": limit,
+        "dropped": dropped,
+    }
+
+
+class TokenBucket:
+    """`rate` tokens per second up to `burst`; refilled on use from the caller's clock."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def refill(self, now: float) -> float:
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        self.tokens = tokens
+        self.stamp = now
+        return tokens
+
+    def take(self, now: float) -> bool:
+        """One token, if there is one."""
+        if self.refill(now) >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def charge(self, n: float, now: float) -> bool:
+        """Spend `n` tokens that were already used (bytes that arrived): True while the bucket is not
+        in debt. The debt is capped at one burst, so a past flood is not punished forever."""
+        tokens = self.refill(now) - n
+        if tokens < -self.burst:
+            tokens = -self.burst
+        self.tokens = tokens
+        return tokens >= 0.0
+
+
+class RateLimits:
+    """The limits for one session class on one server (shared by its sessions)."""
+
+    __slots__ = (
+        "byte_burst",
+        "bytes_per_s",
+        "close",
+        "enabled",
+        "max_violations",
+        "message_burst",
+        "messages_per_s",
+        "reply",
+        "types",
+    )
+
+    def __init__(self, settings: Any, session_class: type[Session], codec: str) -> None:
+        """`settings`: a `RateLimitSettings`; `codec`: the session class's codec name."""
+        self.messages_per_s = float(settings.messages_per_s)
+        self.message_burst = settings.message_burst
+        self.bytes_per_s = float(settings.bytes_per_s)
+        self.byte_burst = settings.byte_burst
+        self.close = settings.policy == "close"
+        self.max_violations = settings.max_violations
+        self.reply = settings.error_reply and codec == "msgpack"
+        types: dict[str, tuple[float, int]] = {}
+        class_limits: Mapping[str, tuple[float, int]] = session_class.rate_limits
+        for key, (per_s, burst) in class_limits.items():
+            if per_s <= 0 or burst < 1:
+                raise ValueError(
+                    f"{session_class.__name__}.rate_limits[{key!r}] = {(per_s, burst)!r}: expected "
+                    "(messages per second > 0, burst >= 1)"
+                )
+            types[key] = (float(per_s), int(burst))
+        for key, limit in settings.per_type.items():
+            types[key] = (float(limit.per_s), int(limit.burst))
+        self.types = types
+        self.enabled = bool(self.messages_per_s or self.bytes_per_s or types)
+
+    def limiter(self, now: float) -> SessionLimiter | None:
+        """A new session's buckets, full; None when nothing is limited."""
+        return SessionLimiter(self, now) if self.enabled else None
+
+    def per_s(self, limit: str) -> float:
+        if limit == MESSAGES:
+            return self.messages_per_s
+        if limit == BYTES:
+            return self.bytes_per_s
+        return self.types[limit][0]
+
+
+class SessionLimiter:
+    """One session's buckets and violation count (`Session._limiter`)."""
+
+    __slots__ = ("bytes", "last_reply", "limits", "messages", "seen_bytes", "types", "unreported", "violations")
+
+    def __init__(self, limits: RateLimits, now: float) -> None:
+        self.limits = limits
+        self.messages = TokenBucket(limits.messages_per_s, limits.message_burst, now) if limits.messages_per_s else None
+        self.bytes = TokenBucket(limits.bytes_per_s, limits.byte_burst, now) if limits.bytes_per_s else None
+        self.types: dict[str, TokenBucket] | None = {} if limits.types else None  # buckets made on first use
+        self.seen_bytes = 0  # Session.bytes_in already charged to the byte bucket
+        self.violations = 0
+        self.unreported = 0  # dropped since the last error reply
+        self.last_reply = -_REPLY_INTERVAL_S
+
+    def admit(self, host: Any, session: Session, msgs: list[Any]) -> list[Any]:
+        """The messages of `msgs` within the limits, in order; the rest are dropped and reported to
+        `host._rate_limited` (counters, error reply, close). Called with every decoded batch."""
+        now = host.now
+        limit = ""
+        kept = msgs
+        bucket = self.bytes
+        if bucket is not None:
+            received = session.bytes_in
+            charged = received - self.seen_bytes
+            self.seen_bytes = received
+            if not bucket.charge(charged, now):
+                kept = []
+                limit = BYTES
+        bucket = self.messages
+        types = self.types
+        if kept and types is None:
+            if bucket is not None:
+                n = len(kept)
+                tokens = bucket.refill(now)
+                if tokens < n:
+                    allowed = int(tokens)
+                    bucket.tokens = tokens - allowed
+                    kept = kept[:allowed]
+                    limit = MESSAGES
+                else:
+                    bucket.tokens = tokens - n
+        elif kept:
+            key_of = session.rate_limit_key
+            per_type = self.limits.types
+            kept = []
+            for msg in msgs:
+                key = key_of(msg)
+                if key is not None and key in per_type:
+                    typed = types.get(key)
+                    if typed is None:
+                        per_s, burst = per_type[key]
+                        typed = types[key] = TokenBucket(per_s, burst, now)
+                    if typed.refill(now) < 1.0:
+                        limit = key
+                        continue
+                    if bucket is not None and not bucket.take(now):
+                        limit = MESSAGES
+                        continue
+                    typed.tokens -= 1.0
+                elif bucket is not None and not bucket.take(now):
+                    limit = MESSAGES
+                    continue
+                kept.append(msg)
+        dropped = len(msgs) - len(kept)
+        if dropped:
+            self.violations += dropped
+            self.unreported += dropped
+            host._rate_limited(session, self, limit, dropped)
+        return kept
+
+    def take_report(self, now: float) -> int:
+        """How many drops the next error reply reports, or 0 when a reply went out less than a
+        second ago (the count is kept for the next one)."""
+        if now - self.last_reply < _REPLY_INTERVAL_S:
+            return 0
+        self.last_reply = now
+        n, self.unreported = self.unreported, 0
+        return n
+
+
+__all__ = [
+    "BYTES",
+    "MESSAGES",
+    "RATE_LIMITED",
+    "RATE_LIMIT_EXCEEDED",
+    "RateLimits",
+    "SessionLimiter",
+    "TokenBucket",
+    "rate_limit_error",
+]
