@@ -428,7 +428,7 @@ def test_framework_rate_limits_guard_chat_join_and_move(backend):
     the framework's `rate_limited` error, and a move flood closes only the flooder."""
     srv = RunningServer(backend)
     try:
-        with srv.client("a") as a, srv.client("b") as b:
+        with srv.client("a") as a, srv.client("b") as b, srv.client("c") as c:
             a.join("r")
             b.join("r", create=False)
             for i in range(12):
@@ -440,11 +440,12 @@ def test_framework_rate_limits_guard_chat_join_and_move(backend):
             b.request({"type": "ping", "t": 1})  # every chat of a's was handled before the error
             assert [m["text"] for m in seen if m["type"] == "chat"] == [str(i) for i in range(10)]
 
+            # c has not joined yet: its whole join burst is left.
             for i in range(7):
-                a.send({"type": "create_room", "room": f"churn{i}", "rid": i})
+                c.send({"type": "create_room", "room": f"churn{i}", "rid": i})
             replies = []
             while not any(m.get("type") == "error" for m in replies):
-                replies.append(a.wait_for(lambda m: m["type"] in ("joined", "error")))
+                replies.append(c.wait_for(lambda m: m["type"] in ("joined", "error")))
             assert [m["room"] for m in replies if m["type"] == "joined"] == [f"churn{i}" for i in range(5)]
             assert replies[-1]["code"] == p.RATE_LIMITED and replies[-1]["limit"] == "join"
 
@@ -453,6 +454,7 @@ def test_framework_rate_limits_guard_chat_join_and_move(backend):
             with pytest.raises(ConnectionError):
                 a.wait_for(lambda m: False)
             assert b.request({"type": "ping", "t": 2})["t"] == 2  # the others play on
+            assert c.request({"type": "ping", "t": 3})["t"] == 3
             stats = srv.server.stats
             assert stats["rate_limit_closes"] == 1 and stats["rate_limited"] >= 2 + 2 + 100
     finally:

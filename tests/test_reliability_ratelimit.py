@@ -128,7 +128,10 @@ def test_policy_close_closes_after_max_violations_with_its_reason(backend: str):
     with running_server(settings, _Echo) as server:
         bystander = FrameClient(server.addresses[0])
         flooder = FrameClient(server.addresses[0])
-        _pipeline(flooder, [{"n": i} for i in range(10)])
+        for i in range(2):  # the burst
+            flooder.send({"n": i})
+            assert flooder.recv() == {"n": i}
+        _pipeline(flooder, [{"n": i} for i in range(2, 12)])
         got = []
         flooder.sock.settimeout(10)
         try:
@@ -136,8 +139,7 @@ def test_policy_close_closes_after_max_violations_with_its_reason(backend: str):
                 got.append(flooder.recv())
         except (EOFError, ConnectionResetError):
             pass
-        assert [m for m in got if "n" in m] == [{"n": 0}, {"n": 1}]
-        assert [m["code"] for m in got if m.get("type") == "error"][-1:] == ["rate_limited"]
+        assert got and all(m["code"] == "rate_limited" for m in got)  # nothing else got through
         wait_for(lambda: _Echo.reasons == [RATE_LIMIT_EXCEEDED], what="the flooder closed")
         assert _stat(server, "rate_limit_closes") == 1
         bystander.send({"still": "served"})

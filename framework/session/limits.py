@@ -11,8 +11,8 @@ batch, nothing per idle session, no timers.
 
 A message over a limit is dropped. Policy "close" closes the session once `max_violations` messages
 were dropped; "drop" never does. A msgpack session gets `rate_limit_error(...)` back for a drop (at
-most one reply per second, carrying how many were dropped since the previous one), so a flood of
-over-limit messages cannot make the server write more than it reads.
+most one reply per limit per second, carrying how many were dropped since the previous one), so a
+flood of over-limit messages cannot make the server write more than it reads.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class RateLimits:
 class SessionLimiter:
     """One session's buckets and violation count (`Session._limiter`)."""
 
-    __slots__ = ("bytes", "last_reply", "limits", "messages", "seen_bytes", "types", "unreported", "violations")
+    __slots__ = ("bytes", "limits", "messages", "replies", "seen_bytes", "types", "violations")
 
     def __init__(self, limits: RateLimits, now: float) -> None:
         self.limits = limits
@@ -146,8 +146,8 @@ class SessionLimiter:
         self.types: dict[str, TokenBucket] | None = {} if limits.types else None  # buckets made on first use
         self.seen_bytes = 0  # Session.bytes_in already charged to the byte bucket
         self.violations = 0
-        self.unreported = 0  # dropped since the last error reply
-        self.last_reply = -_REPLY_INTERVAL_S
+        # per limit: [time of the last error reply, drops since it]; made on the first drop
+        self.replies: dict[str, list[float]] | None = None
 
     def admit(self, host: Any, session: Session, msgs: list[Any]) -> list[Any]:
         """The messages of `msgs` within the limits, in order; the rest are dropped and reported to
@@ -201,17 +201,25 @@ class SessionLimiter:
         dropped = len(msgs) - len(kept)
         if dropped:
             self.violations += dropped
-            self.unreported += dropped
+            replies = self.replies
+            if replies is None:
+                replies = self.replies = {}
+            entry = replies.get(limit)
+            if entry is None:
+                entry = replies[limit] = [-_REPLY_INTERVAL_S, 0]
+            entry[1] += dropped
             host._rate_limited(session, self, limit, dropped)
         return kept
 
-    def take_report(self, now: float) -> int:
-        """How many drops the next error reply reports, or 0 when a reply went out less than a
-        second ago (the count is kept for the next one)."""
-        if now - self.last_reply < _REPLY_INTERVAL_S:
+    def take_report(self, limit: str, now: float, force: bool = False) -> int:
+        """How many drops of `limit` the error reply to send now reports, or 0 when one went out
+        less than a second ago (unless `force`: the last reply before a close)."""
+        entry = self.replies[limit]  # type: ignore[index]
+        if not force and now - entry[0] < _REPLY_INTERVAL_S:
             return 0
-        self.last_reply = now
-        n, self.unreported = self.unreported, 0
+        n = int(entry[1])
+        entry[0] = now
+        entry[1] = 0
         return n
 
 

@@ -364,7 +364,8 @@ class Server(SessionHost):
                 closed_total=self.rate_limit_closes,
             )
             if limits.reply:
-                session.send(rate_limit_error(limit, limits.per_s(limit), limiter.unreported))
+                n = limiter.take_report(limit, self.now, force=True)
+                session.send(rate_limit_error(limit, limits.per_s(limit), n))
                 self.rate_limit_replies += 1
             self._close_session(session, RATE_LIMIT_EXCEEDED)
             return
@@ -376,9 +377,12 @@ class Server(SessionHost):
             dropped_total=self.rate_limited,
         )
         if limits.reply:
-            n = limiter.take_report(self.now)
+            n = limiter.take_report(limit, self.now)
             if n:
-                session.send(rate_limit_error(limit, limits.per_s(limit), n))
+                # Queued after this turn's dispatch (timers run after the completions), so the
+                # replies to the messages of the same read that passed come first.
+                error = rate_limit_error(limit, limits.per_s(limit), n)
+                self.call_later(0.0, lambda: session.send(error))
                 self.rate_limit_replies += 1
 
     def _check_first_messages(self) -> None:
