@@ -155,20 +155,32 @@ class SessionLimiter:
         now = host.now
         limit = ""
         kept = msgs
+        # The session-wide buckets' refill is inlined (TokenBucket.refill/charge): this runs for
+        # every delivered batch while limits are on.
         bucket = self.bytes
         if bucket is not None:
             received = session.bytes_in
-            charged = received - self.seen_bytes
+            tokens = bucket.tokens + (now - bucket.stamp) * bucket.rate
+            if tokens > bucket.burst:
+                tokens = bucket.burst
+            tokens -= received - self.seen_bytes
             self.seen_bytes = received
-            if not bucket.charge(charged, now):
+            bucket.stamp = now
+            if tokens < 0.0:
+                if tokens < -bucket.burst:
+                    tokens = -bucket.burst
                 kept = []
                 limit = BYTES
+            bucket.tokens = tokens
         bucket = self.messages
         types = self.types
         if kept and types is None:
             if bucket is not None:
                 n = len(kept)
-                tokens = bucket.refill(now)
+                tokens = bucket.tokens + (now - bucket.stamp) * bucket.rate
+                if tokens > bucket.burst:
+                    tokens = bucket.burst
+                bucket.stamp = now
                 if tokens < n:
                     allowed = int(tokens)
                     bucket.tokens = tokens - allowed
@@ -180,24 +192,37 @@ class SessionLimiter:
             key_of = session.rate_limit_key
             per_type = self.limits.types
             kept = []
+            append = kept.append
             for msg in msgs:
                 key = key_of(msg)
-                if key is not None and key in per_type:
+                typed = None
+                if key is not None:
                     typed = types.get(key)
-                    if typed is None:
+                    if typed is None and key in per_type:
                         per_s, burst = per_type[key]
                         typed = types[key] = TokenBucket(per_s, burst, now)
-                    if typed.refill(now) < 1.0:
+                if typed is not None:
+                    tokens = typed.tokens + (now - typed.stamp) * typed.rate
+                    if tokens > typed.burst:
+                        tokens = typed.burst
+                    typed.stamp = now
+                    typed.tokens = tokens
+                    if tokens < 1.0:
                         limit = key
                         continue
-                    if bucket is not None and not bucket.take(now):
+                if bucket is not None:
+                    tokens = bucket.tokens + (now - bucket.stamp) * bucket.rate
+                    if tokens > bucket.burst:
+                        tokens = bucket.burst
+                    bucket.stamp = now
+                    if tokens < 1.0:
+                        bucket.tokens = tokens
                         limit = MESSAGES
                         continue
+                    bucket.tokens = tokens - 1.0
+                if typed is not None:
                     typed.tokens -= 1.0
-                elif bucket is not None and not bucket.take(now):
-                    limit = MESSAGES
-                    continue
-                kept.append(msg)
+                append(msg)
         dropped = len(msgs) - len(kept)
         if dropped:
             self.violations += dropped
