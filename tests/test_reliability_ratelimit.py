@@ -227,3 +227,28 @@ def test_default_limits_let_a_16_deep_pipeline_and_ping_pong_through(backend: st
             assert client.recv() == i
         assert _stat(server, "rate_limited") == 0
         client.close()
+
+
+class _BadKey(_Echo):
+    __slots__ = ()
+    rate_limits: ClassVar[dict[str, tuple[float, int]]] = {"chat": (100.0, 100)}
+
+    def rate_limit_key(self, msg: Any) -> str | None:
+        return msg["type"]  # KeyError for a message without "type"
+
+
+@pytest.mark.parametrize("backend", SESSION_BACKENDS)
+def test_an_exception_in_rate_limit_key_is_a_handler_error_of_that_session(backend: str):
+    settings = make_settings(backend, session=_limits())
+    with running_server(settings, _BadKey) as server:
+        good = FrameClient(server.addresses[0])
+        bad = FrameClient(server.addresses[0])
+        bad.send({"type": "chat"})
+        assert bad.recv() == {"type": "chat"}
+        bad.send({"no": "type"})
+        assert bad.closed_by_peer()
+        wait_for(lambda: _Echo.reasons == ["handler error in rate_limit_key"], what="bad session closed")
+        good.send({"type": "chat"})
+        assert good.recv() == {"type": "chat"}
+        good.close()
+        bad.close()

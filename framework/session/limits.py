@@ -194,7 +194,11 @@ class SessionLimiter:
             kept = []
             append = kept.append
             for msg in msgs:
-                key = key_of(msg)
+                try:
+                    key = key_of(msg)
+                except Exception:  # a bug in the application's hook: logged, its session handled
+                    host._handler_failed(session, "rate_limit_key")
+                    key = None
                 typed = None
                 if key is not None:
                     typed = types.get(key)

@@ -106,7 +106,8 @@ class Session:
     def rate_limit_key(self, msg: Any) -> str | None:
         """The per-type rate limit `msg` counts against (a key of `rate_limits` or of
         settings.session.rate_limit.per_type), or None for the session-wide limits only. Called for
-        every message of a class that has per-type limits: keep it cheap, and never raise."""
+        every message of a class that has per-type limits: keep it cheap. An exception is handled
+        like one in a handler (logged; the session closed unless handler_errors is "keep")."""
         return None
 
     # ------------------------------------------------------------------ attach (framework)
