@@ -182,9 +182,9 @@ class RateLimitSettings(_Section):
     """Per-session token buckets over the messages a client sends (accepted sessions only)."""
 
     messages_per_s: float = Field(
-        default=2000.0, ge=0, description="Sustained messages per second per session (0 = no message limit)."
+        default=5000.0, ge=0, description="Sustained messages per second per session (0 = no message limit)."
     )
-    message_burst: int = Field(default=4000, ge=1, description="Messages a session may send at once.")
+    message_burst: int = Field(default=10000, ge=1, description="Messages a session may send at once.")
     bytes_per_s: int = Field(
         default=4 * MiB, ge=0, description="Sustained received bytes per second per session (0 = no byte limit)."
     )
@@ -415,8 +415,8 @@ session:
   handler_errors: close
   first_message_timeout_s: 10.0
   rate_limit:
-    messages_per_s: 2000.0
-    message_burst: 4000
+    messages_per_s: 5000.0
+    message_burst: 10000
     bytes_per_s: 4194304
     byte_burst: 8388608
     policy: close
