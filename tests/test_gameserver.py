@@ -431,8 +431,8 @@ def test_framework_rate_limits_guard_chat_join_and_move(backend):
         with srv.client("a") as a, srv.client("b") as b, srv.client("c") as c:
             a.join("r")
             b.join("r", create=False)
-            for i in range(12):
-                a.send({"type": "chat", "text": str(i)})
+            # One write each, so the buckets barely refill while the server reads them.
+            a.sock.sendall(b"".join(encode_message({"type": "chat", "text": str(i)}) for i in range(12)))
             error = a.wait_for(lambda m: m["type"] == "error")
             assert error["code"] == p.RATE_LIMITED and error["limit"] == "chat"
             seen: list[dict] = []
@@ -441,8 +441,9 @@ def test_framework_rate_limits_guard_chat_join_and_move(backend):
             assert [m["text"] for m in seen if m["type"] == "chat"] == [str(i) for i in range(10)]
 
             # c has not joined yet: its whole join burst is left.
-            for i in range(7):
-                c.send({"type": "create_room", "room": f"churn{i}", "rid": i})
+            c.sock.sendall(
+                b"".join(encode_message({"type": "create_room", "room": f"churn{i}", "rid": i}) for i in range(7))
+            )
             replies = []
             while not any(m.get("type") == "error" for m in replies):
                 replies.append(c.wait_for(lambda m: m["type"] in ("joined", "error")))
