@@ -6,8 +6,8 @@ class's `rate_limits` / `rate_limit_key` hook; `RateLimits.limiter()` gives each
 `SessionLimiter.admit` at one place, where decoded messages are handed to handlers; with no limit
 configured a session has no limiter and that place costs one attribute test.
 
-Buckets are refilled lazily from the loop's clock (`host.now`): a few float operations per delivered
-batch, nothing per idle session, no timers.
+Buckets are refilled lazily from the loop's clock (`host.now`, `TokenBucket.refill`): a few float
+operations per delivered batch, nothing per idle session, no timers.
 
 A message over a limit is dropped. Policy "close" closes the session once `max_violations` messages
 were dropped; "drop" never does. A msgpack session gets `rate_limit_error(...)` back for a drop (at
@@ -60,28 +60,13 @@ class TokenBucket:
         self.stamp = now
 
     def refill(self, now: float) -> float:
+        """Add what accrued since the last refill (up to the burst); returns the tokens."""
         tokens = self.tokens + (now - self.stamp) * self.rate
         if tokens > self.burst:
             tokens = self.burst
         self.tokens = tokens
         self.stamp = now
         return tokens
-
-    def take(self, now: float) -> bool:
-        """One token, if there is one."""
-        if self.refill(now) >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-    def charge(self, n: float, now: float) -> bool:
-        """Spend `n` tokens that were already used (bytes that arrived): True while the bucket is not
-        in debt. The debt is capped at one burst, so a past flood is not punished forever."""
-        tokens = self.refill(now) - n
-        if tokens < -self.burst:
-            tokens = -self.burst
-        self.tokens = tokens
-        return tokens >= 0.0
 
 
 class RateLimits:
@@ -155,17 +140,13 @@ class SessionLimiter:
         now = host.now
         limit = ""
         kept = msgs
-        # The session-wide buckets' refill is inlined (TokenBucket.refill/charge): this runs for
-        # every delivered batch while limits are on.
         bucket = self.bytes
         if bucket is not None:
+            # Bytes have already arrived: they are charged in full, and while the bucket is in debt
+            # (capped at one burst, so a past flood is not punished forever) messages are dropped.
             received = session.bytes_in
-            tokens = bucket.tokens + (now - bucket.stamp) * bucket.rate
-            if tokens > bucket.burst:
-                tokens = bucket.burst
-            tokens -= received - self.seen_bytes
+            tokens = bucket.refill(now) - (received - self.seen_bytes)
             self.seen_bytes = received
-            bucket.stamp = now
             if tokens < 0.0:
                 if tokens < -bucket.burst:
                     tokens = -bucket.burst
@@ -177,18 +158,16 @@ class SessionLimiter:
         if kept and types is None:
             if bucket is not None:
                 n = len(kept)
-                tokens = bucket.tokens + (now - bucket.stamp) * bucket.rate
-                if tokens > bucket.burst:
-                    tokens = bucket.burst
-                bucket.stamp = now
+                tokens = bucket.refill(now)
                 if tokens < n:
                     allowed = int(tokens)
-                    bucket.tokens = tokens - allowed
                     kept = kept[:allowed]
                     limit = MESSAGES
-                else:
-                    bucket.tokens = tokens - n
+                    n = allowed
+                bucket.tokens = tokens - n
         elif kept:
+            # Per message: its type's bucket (if it has one) and the session-wide one must both
+            # have a token; the type's is only spent when both do.
             key_of = session.rate_limit_key
             per_type = self.limits.types
             kept = []
@@ -205,25 +184,14 @@ class SessionLimiter:
                     if typed is None and key in per_type:
                         per_s, burst = per_type[key]
                         typed = types[key] = TokenBucket(per_s, burst, now)
-                if typed is not None:
-                    tokens = typed.tokens + (now - typed.stamp) * typed.rate
-                    if tokens > typed.burst:
-                        tokens = typed.burst
-                    typed.stamp = now
-                    typed.tokens = tokens
-                    if tokens < 1.0:
-                        limit = key
-                        continue
+                if typed is not None and typed.refill(now) < 1.0:
+                    limit = key
+                    continue
                 if bucket is not None:
-                    tokens = bucket.tokens + (now - bucket.stamp) * bucket.rate
-                    if tokens > bucket.burst:
-                        tokens = bucket.burst
-                    bucket.stamp = now
-                    if tokens < 1.0:
-                        bucket.tokens = tokens
+                    if bucket.refill(now) < 1.0:
                         limit = MESSAGES
                         continue
-                    bucket.tokens = tokens - 1.0
+                    bucket.tokens -= 1.0
                 if typed is not None:
                     typed.tokens -= 1.0
                 append(msg)
