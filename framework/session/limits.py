@@ -36,7 +36,8 @@ _REPLY_INTERVAL_S = 1.0
 def rate_limit_error(limit: str, per_s: float, dropped: int) -> dict[str, Any]:
     """The error map a msgpack session receives when its messages were dropped by a rate limit:
     `limit` is "messages", "bytes" or a per-type key; `dropped` counts the messages dropped since
-    the previous reply. Its shape matches the example game's `error` message."""
+    the previous reply (a read that hit several limits counts under the last one). Its shape matches
+    the example game's `error` message."""
     unit = "bytes" if limit == BYTES else "messages"
     what = "received bytes" if limit == BYTES else ("messages" if limit == MESSAGES else f"{limit!r} messages")
     return {
