@@ -81,6 +81,12 @@ class ServerSettings(_Section):
         description="All input and output buffered by a worker's sessions, at most; over it the largest "
         "holders are closed first and a new large frame is refused (0 = no budget).",
     )
+    max_connections_per_address: int = Field(
+        default=64,
+        ge=0,
+        description="Most connections open at once from one peer IP address (per worker); more are "
+        'refused at accept, logged as "connection refused: per-address limit reached" (0 = no limit).',
+    )
 
     @field_validator("hosts")
     @classmethod
@@ -171,6 +177,49 @@ class BufferSettings(_Section):
         return _relative_to(info, "initial_buffers", max_buffers, ">=")
 
 
+class TypeRateLimit(_Section):
+    """One per-message-type token bucket (see `Session.rate_limit_key`)."""
+
+    per_s: float = Field(gt=0, description="Sustained messages per second of this type.")
+    burst: int = Field(ge=1, description="Messages of this type accepted at once before limiting.")
+
+
+class RateLimitSettings(_Section):
+    """Per-session token buckets over the messages a client sends (accepted sessions only)."""
+
+    messages_per_s: float = Field(
+        default=5000.0, ge=0, description="Sustained messages per second per session (0 = no message limit)."
+    )
+    message_burst: int = Field(default=10000, ge=1, description="Messages a session may send at once.")
+    bytes_per_s: int = Field(
+        default=4 * MiB, ge=0, description="Sustained received bytes per second per session (0 = no byte limit)."
+    )
+    byte_burst: int = Field(
+        default=8 * MiB,
+        ge=1,
+        description="Bytes a session may send at once (> session.max_frame_size, or a largest frame "
+        "could never pass).",
+    )
+    policy: Literal["drop", "close"] = Field(
+        default="close",
+        description='Over a limit the message is dropped; "close" also closes the session at '
+        'max_violations drops with reason "rate limit exceeded", "drop" never closes.',
+    )
+    max_violations: int = Field(
+        default=100, ge=1, description='Dropped messages after which policy "close" closes the session.'
+    )
+    error_reply: bool = Field(
+        default=True,
+        description='msgpack sessions get a {"type": "error", "code": "rate_limited", ...} map for a '
+        "dropped message (at most one per second; docs/SESSIONS.md).",
+    )
+    per_type: dict[str, TypeRateLimit] = Field(
+        default={},
+        description="Per-message-type limits by key (what Session.rate_limit_key returns), e.g. "
+        "{chat: {per_s: 5, burst: 10}}; they replace the session class's `rate_limits` entries.",
+    )
+
+
 class SessionSettings(_Section):
     """Per-session framing, decoding limits, timeouts and write back-pressure."""
 
@@ -246,6 +295,16 @@ class SessionSettings(_Section):
         default="close",
         description='An exception in a handler is logged; then "close" closes that session, "keep" keeps it.',
     )
+    first_message_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="Close an accepted session that has sent no message (heartbeats do not count) this "
+        'long after connecting, with reason "first message timeout" (0 = off).',
+    )
+    rate_limit: RateLimitSettings = Field(
+        default_factory=RateLimitSettings,
+        description="Per-session message and byte rate limits (see the rows below).",
+    )
 
     @field_validator("max_str_len", "max_bin_len", "max_array_len", "max_map_len", "max_ext_len")
     @classmethod
@@ -261,6 +320,17 @@ class SessionSettings(_Section):
     @classmethod
     def _cap_above_high(cls, cap: int, info: ValidationInfo) -> int:
         return _relative_to(info, "write_high_water", cap, ">=")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _burst_holds_a_frame(cls, limit: RateLimitSettings, info: ValidationInfo) -> RateLimitSettings:
+        frame = info.data.get("max_frame_size")
+        if limit.bytes_per_s and frame is not None and limit.byte_burst <= frame:
+            raise ValueError(
+                f"rate_limit.byte_burst ({limit.byte_burst}) must be > max_frame_size ({frame}), "
+                "or a largest frame could never pass"
+            )
+        return limit
 
 
 class ShutdownSettings(_Section):
@@ -346,6 +416,7 @@ server:
   backlog: 1024
   reuse_port: true
   memory_budget_bytes: 268435456
+  max_connections_per_address: 64
 io:
   backend: auto
   fallback: true
@@ -377,6 +448,16 @@ session:
   read_pause_bytes: 262144
   slow_consumer_timeout_s: 30.0
   handler_errors: close
+  first_message_timeout_s: 10.0
+  rate_limit:
+    messages_per_s: 5000.0
+    message_burst: 10000
+    bytes_per_s: 4194304
+    byte_burst: 8388608
+    policy: close
+    max_violations: 100
+    error_reply: true
+    per_type: {}
 shutdown:
   drain_timeout_s: 10.0
 logging:
@@ -753,13 +834,7 @@ def markdown() -> str:
             out.append("")
             out.append("| Key | Type | Default | Environment variable | Meaning |")
             out.append("| --- | --- | --- | --- | --- |")
-            defaults = annotation()
-            for sub, subfield in annotation.model_fields.items():
-                default = json.dumps(getattr(defaults, sub), ensure_ascii=False)
-                out.append(
-                    f"| `{sub}` | {_type_name(subfield.annotation)}{_constraints(subfield)} | `{default}` "
-                    f"| `{_env_name(name, sub)}` | {subfield.description or ''} |"
-                )
+            out.extend(_field_rows(annotation, (name,), ()))
         else:
             out.append(f"{field.description}")
             out.append("")
@@ -772,6 +847,33 @@ def markdown() -> str:
             )
         out.append("")
     return "\n".join(out)
+
+
+def _field_rows(model: type[BaseModel], section: tuple[str, ...], prefix: tuple[str, ...]) -> list[str]:
+    """Table rows for a section's fields; a nested model gets a row of its own (set it whole, as
+    JSON in the environment) followed by one row per field, named `outer.inner`."""
+    rows = []
+    defaults = model()
+    for sub, subfield in model.model_fields.items():
+        key = ".".join((*prefix, sub))
+        env = _env_name(*section, *prefix, sub)
+        annotation = subfield.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.append(
+                f"| `{key}` | mapping | (below) | `{env}` (JSON) | {subfield.description or ''} |"
+            )
+            rows.extend(_field_rows(annotation, section, (*prefix, sub)))
+            continue
+        default = json.dumps(_plain(getattr(defaults, sub)), ensure_ascii=False)
+        rows.append(
+            f"| `{key}` | {_type_name(annotation)}{_constraints(subfield)} | `{default}` "
+            f"| `{env}` | {subfield.description or ''} |"
+        )
+    return rows
+
+
+def _plain(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
 def _sections() -> str:

@@ -104,6 +104,8 @@ def start_server(
     env = dict(os.environ)
     env["FRAMEWORK_SERVER__PORT"] = str(port)
     env["FRAMEWORK_SERVER__HOSTS"] = '["127.0.0.1"]'
+    # Every simulated player connects from 127.0.0.1: no per-address connection limit.
+    env["FRAMEWORK_SERVER__MAX_CONNECTIONS_PER_ADDRESS"] = "0"
     env.update(extra_env or {})
     cmd = [python, "-m", "examples.gameserver"]
     if config:

@@ -112,6 +112,44 @@ def test_dev_limits_are_smaller_and_production_limits_bigger_than_default():
         assert v < d < p, (section, key)
 
 
+def test_dev_config_holds_a_hundred_local_bots():
+    # `python -m examples.gameserver.bot --count 100` against configs/dev.yaml: every bot connects
+    # from 127.0.0.1 and gets a seat in a room (issue 13: it had 10 rooms of 8).
+    s = load_settings(ROOT / "configs" / "dev.yaml", env={})
+    per_address = s.server.max_connections_per_address
+    assert s.io.max_connections >= 100 and (per_address == 0 or per_address >= 100)
+    assert s.app["max_rooms"] * s.app["max_players_per_room"] >= 100
+
+
+def test_admission_defaults_protect_a_public_server():
+    s = load_settings(env={})
+    assert 0 < s.server.max_connections_per_address < s.io.max_connections
+    assert 0 < s.session.first_message_timeout_s <= 30
+    limit = s.session.rate_limit
+    assert limit.messages_per_s > 0 and limit.bytes_per_s > 0 and limit.policy == "close"
+    assert limit.byte_burst > s.session.max_frame_size
+
+
+def test_byte_burst_must_hold_the_largest_frame(tmp_path: Path):
+    path = write(tmp_path, "session:\n  max_frame_size: 4096\n  max_str_len: 4096\n  max_bin_len: 4096\n"
+                 "  max_ext_len: 4096\n  max_array_len: 4096\n  max_map_len: 4096\n"
+                 "  rate_limit: {byte_burst: 4096}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert info.value.field == "session.rate_limit" and "max_frame_size (4096)" in str(info.value)
+
+
+def test_rate_limit_settings_from_the_environment():
+    s = load_settings(
+        env={
+            "FRAMEWORK_SESSION__RATE_LIMIT__POLICY": "drop",
+            "FRAMEWORK_SESSION__RATE_LIMIT__PER_TYPE": '{"chat": {"per_s": 2, "burst": 4}}',
+        }
+    )
+    assert s.session.rate_limit.policy == "drop"
+    assert s.session.rate_limit.per_type["chat"].per_s == 2.0
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_app_sections_are_valid_game_settings(path: Path):
     game = pytest.importorskip("examples.gameserver.game")

@@ -37,6 +37,7 @@ from examples.gameserver.game import (
 )
 from framework.config import load_settings
 from framework.io.factory import available_backends
+from framework.session.codec import encode_message
 from loadtests.run import SUMMARY_TITLE
 
 # --------------------------------------------------------------------------------------------------
@@ -236,16 +237,14 @@ def test_snapshot_lists_every_member_of_the_room_only():
     assert game.stats()["rooms"] == 2 and game.stats()["in_rooms"] == 3
 
 
-def test_chat_goes_to_the_room_and_is_rate_limited():
-    game = Game(GameSettings(chat_rate_per_s=1, chat_burst=2), seed=1)
+def test_chat_goes_to_the_room():
+    # Chat's rate limit is the framework's now (see test_framework_rate_limits_guard_...).
+    game = Game(GameSettings(), seed=1)
     a = named(game, "a")
     assert only_error(game.handle(a, {"type": "chat", "text": "hi"}, 0.0))["code"] == p.NOT_IN_ROOM
     game.handle(a, {"type": "create_room", "room": "r"}, 0.0)
     effects = game.handle(a, {"type": "chat", "text": "  hello  "}, 10.0)
     assert effects == [Broadcast("r", {"type": "chat", "room": "r", "from": a, "name": "a", "text": "hello"})]
-    assert isinstance(game.handle(a, {"type": "chat", "text": "2"}, 10.0)[0], Broadcast)
-    assert only_error(game.handle(a, {"type": "chat", "text": "3"}, 10.0))["code"] == p.RATE_LIMITED
-    assert isinstance(game.handle(a, {"type": "chat", "text": "4"}, 11.1)[0], Broadcast)
 
 
 _scalars = (
@@ -422,6 +421,47 @@ def test_invalid_requests_get_errors_and_the_session_survives(game_server):
                 p4.join("full")
             assert info.value.code == "room_full" and "3/3" in info.value.msg["message"]
         assert a.request({"type": "ping", "t": 42})["t"] == 42  # still served
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_framework_rate_limits_guard_chat_join_and_move(backend):
+    """GameSession's per-type limits (chat 5/s burst 10, join/create_room 2/s burst 5, move 60/s
+    burst 120) are enforced by the framework: the excess never reaches the game, the player gets
+    the framework's `rate_limited` error, and a move flood closes only the flooder."""
+    srv = RunningServer(backend)
+    try:
+        with srv.client("a") as a, srv.client("b") as b, srv.client("c") as c:
+            a.join("r")
+            b.join("r", create=False)
+            # One write each, so the buckets barely refill while the server reads them.
+            a.sock.sendall(b"".join(encode_message({"type": "chat", "text": str(i)}) for i in range(12)))
+            error = a.wait_for(lambda m: m["type"] == "error")
+            assert error["code"] == p.RATE_LIMITED and error["limit"] == "chat"
+            seen: list[dict] = []
+            b.on_message = seen.append
+            b.request({"type": "ping", "t": 1})  # every chat of a's was handled before the error
+            assert [m["text"] for m in seen if m["type"] == "chat"] == [str(i) for i in range(10)]
+
+            # c has not joined yet: its whole join burst is left.
+            c.sock.sendall(
+                b"".join(encode_message({"type": "create_room", "room": f"churn{i}", "rid": i}) for i in range(7))
+            )
+            replies = []
+            while not any(m.get("type") == "error" for m in replies):
+                replies.append(c.wait_for(lambda m: m["type"] in ("joined", "error")))
+            assert [m["room"] for m in replies if m["type"] == "joined"] == [f"churn{i}" for i in range(5)]
+            assert replies[-1]["code"] == p.RATE_LIMITED and replies[-1]["limit"] == "join"
+
+            flood = b"".join(encode_message({"type": "move", "dir": [1, 0], "seq": i}) for i in range(400))
+            a.sock.sendall(flood)
+            with pytest.raises(ConnectionError):
+                a.wait_for(lambda m: False)
+            assert b.request({"type": "ping", "t": 2})["t"] == 2  # the others play on
+            assert c.request({"type": "ping", "t": 3})["t"] == 3
+            stats = srv.server.stats
+            assert stats["rate_limit_closes"] == 1 and stats["rate_limited"] >= 2 + 2 + 100
+    finally:
+        srv.stop()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ from sessionkit import (
 from framework.session import Session
 
 BUDGET = 16
+# These clients flood on purpose: the per-session rate limits (tests/test_reliability_ratelimit.py)
+# would close them first.
+NO_RATE_LIMIT = {"messages_per_s": 0, "bytes_per_s": 0}
 
 
 class TurnRecorder(Session):
@@ -65,7 +68,7 @@ def _flood(address: tuple[str, int], n: int) -> tuple[socket.socket, threading.T
 def test_frames_dispatched_per_session_per_turn_stay_within_the_read_budget(backend):
     TurnRecorder.turns = []
     n = 20_000
-    settings = make_settings(backend, session={"read_budget_frames": BUDGET})
+    settings = make_settings(backend, session={"read_budget_frames": BUDGET, "rate_limit": NO_RATE_LIMIT})
     with running_server(settings, TurnRecorder) as server:
         sock, writer = _flood(server.addresses[0], n)
         try:
@@ -85,7 +88,7 @@ def test_a_bystanders_round_trips_interleave_with_a_flood(backend):
     answered in between: its messages are not queued behind the flood."""
     TurnRecorder.turns = []
     n = 200_000
-    settings = make_settings(backend, session={"read_budget_frames": BUDGET})
+    settings = make_settings(backend, session={"read_budget_frames": BUDGET, "rate_limit": NO_RATE_LIMIT})
     with running_server(settings, TurnRecorder) as server:
         address = server.addresses[0]
         bystander = FrameClient(address)
@@ -125,7 +128,12 @@ def test_a_pipelining_client_that_reads_slowly_is_paused_not_reset(backend):
     n = 3000
     settings = make_settings(
         backend,
-        session={"write_high_water": 65536, "write_low_water": 16384, "write_hard_cap": 4 * 1024 * 1024},
+        session={
+            "write_high_water": 65536,
+            "write_low_water": 16384,
+            "write_hard_cap": 4 * 1024 * 1024,
+            "rate_limit": NO_RATE_LIMIT,
+        },
     )
     with running_server(settings, BigReplies) as server:
         client = FrameClient(server.addresses[0], rcvbuf=32768)

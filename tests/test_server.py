@@ -112,7 +112,11 @@ def test_a_thousand_concurrent_sessions(backend: str) -> None:
         def on_message(self, msg: Any) -> None:
             replies[msg["id"]] = msg
 
-    settings = make_settings(backend, buffers={"recv_buffer_size": 1024, "initial_buffers": 256})
+    settings = make_settings(
+        backend,
+        server={"max_connections_per_address": 0},  # 1,000 bots from 127.0.0.1
+        buffers={"recv_buffer_size": 1024, "initial_buffers": 256},
+    )
     with running_server(settings, Echo) as server, Client(settings, Bot) as client:
         bots = [client.connect(*server.addresses[0], wait=False) for _ in range(1000)]
         assert client.run_until(lambda: len(replies) == 1000, 30), f"only {len(replies)} replies"
@@ -638,7 +642,8 @@ def test_timers_and_threadsafe_calls(backend: str) -> None:
 
 @pytest.mark.slow
 def test_ten_thousand_connect_disconnect_cycles_leak_nothing(backend: str) -> None:
-    settings = make_settings(backend, io={"max_connections": 1024})
+    # 500 at once from 127.0.0.1: no per-address limit
+    settings = make_settings(backend, io={"max_connections": 1024}, server={"max_connections_per_address": 0})
     with running_server(settings, Echo) as server:
         address = server.addresses[0]
         warm = FrameClient(address)

@@ -33,7 +33,9 @@ def test_connect_burst_is_accepted_while_broadcasting(backend: str) -> None:
         backend,
         io={"max_connections": CLIENTS + 64},
         buffers={"recv_buffer_size": 2048, "initial_buffers": 256, "max_buffers": CLIENTS + 64},
-        session={"codec": "raw", "idle_timeout_s": 0.0},
+        # Broadcast listeners from one address that never send: no per-address limit, no deadline.
+        server={"max_connections_per_address": 0},
+        session={"codec": "raw", "idle_timeout_s": 0.0, "first_message_timeout_s": 0.0},
     )
     with running_server(settings, BroadcastSession) as server:
         on_loop(server, lambda: start_broadcast(server, 30.0, PAYLOAD))

@@ -37,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     s = settings
     settings = s.model_copy(
         update={
-            "server": s.server.model_copy(update={"hosts": [args.host], "port": args.port, "workers": 1}),
+            # Every benchmark connection comes from one address, and broadcast/idle (B1, M1) clients
+            # never send: no per-address limit, no first-message deadline.
+            "server": s.server.model_copy(
+                update={"hosts": [args.host], "port": args.port, "workers": 1, "max_connections_per_address": 0}
+            ),
             "io": s.io.model_copy(
                 update={
                     "backend": args.backend,
@@ -48,8 +52,16 @@ def main(argv: list[str] | None = None) -> int:
             "buffers": s.buffers.model_copy(
                 update={"max_buffers": max(args.max_connections, s.buffers.max_buffers)}
             ),
-            # a benchmark holds idle connections for a while: no idle timeout
-            "session": s.session.model_copy(update={"codec": "raw", "idle_timeout_s": 0.0}),
+            # a benchmark holds idle connections for a while: no idle timeout; it measures the
+            # framework's throughput, so no rate limits either (tests/test_reliability_ratelimit.py)
+            "session": s.session.model_copy(
+                update={
+                    "codec": "raw",
+                    "idle_timeout_s": 0.0,
+                    "first_message_timeout_s": 0.0,
+                    "rate_limit": s.session.rate_limit.model_copy(update={"messages_per_s": 0.0, "bytes_per_s": 0}),
+                }
+            ),
             "logging": s.logging.model_copy(update={"level": "WARNING"}),
         }
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 from pydantic import ValidationError
@@ -105,13 +105,13 @@ class GameApp:
                 self._timers[name] = self.server.call_every(
                     1.0 / self.settings.tick_hz, partial(self.tick, name)
                 )
-                log.info("room opened", room=name, rooms=len(self.game.rooms))
+                log.debug("room opened", room=name, rooms=len(self.game.rooms))
             elif kind is RoomClosed:
                 timer = self._timers.pop(effect.room, None)
                 if timer is not None:
                     timer.cancel()
                 registry.remove_group(_group(effect.room))
-                log.info("room closed", room=effect.room, rooms=len(self.game.rooms))
+                log.debug("room closed", room=effect.room, rooms=len(self.game.rooms))
 
     def tick(self, room: str) -> None:
         snapshot = self.game.tick(room)
@@ -149,11 +149,28 @@ def _group(room: str) -> str:
     return f"room:{room}"  # a namespace, so the game's groups never collide with others
 
 
+# Which per-type rate limit each request type counts against (GameSession.rate_limit_key).
+_LIMITED = {"move": "move", "join": "join", "create_room": "join", "chat": "chat"}
+
+
 class GameSession(Session):
     """One player's connection."""
 
     app: GameApp
     player: int
+
+    # Per-player request rates, enforced by the framework before on_message (a request over its
+    # limit never reaches the game; the player gets the framework's `rate_limited` error). A bot
+    # moves 10 times a second and joins once; settings.session.rate_limit.per_type overrides these.
+    rate_limits: ClassVar[dict[str, tuple[float, int]]] = {
+        "move": (60.0, 120),  # one input per frame at 60 fps, with room for a burst
+        "join": (2.0, 5),  # join and create_room: room churn opens timers and logs
+        "chat": (5.0, 10),
+    }
+
+    def rate_limit_key(self, msg: Any) -> str | None:
+        kind = msg.get("type") if type(msg) is dict else None
+        return _LIMITED.get(kind) if type(kind) is str else None
 
     @classmethod
     def check_settings(cls, settings: Any) -> None:

@@ -39,10 +39,6 @@ class GameSettings(BaseModel):
     player_speed: float = Field(200.0, gt=0, description="maximum player speed, game units per second")
     max_name_length: int = Field(16, ge=1, le=64, description="player name length limit")
     max_chat_length: int = Field(200, ge=1, le=4096, description="chat text length limit (characters)")
-    chat_rate_per_s: float = Field(5.0, gt=0, description="sustained chat messages per second per player")
-    chat_burst: int = Field(
-        10, ge=1, description="chat messages a player may send at once before rate limiting"
-    )
     room_stats_limit: int = Field(5, ge=0, description="busiest rooms listed in each periodic stats log line")
 
     def limits(self) -> p.Limits:
@@ -88,9 +84,9 @@ Effect = Send | Broadcast | RoomOpened | RoomClosed | MemberAdded | MemberRemove
 
 
 class Player:
-    __slots__ = ("ack", "chat_stamp", "chat_tokens", "dx", "dy", "id", "name", "room", "target", "x", "y")
+    __slots__ = ("ack", "dx", "dy", "id", "name", "room", "target", "x", "y")
 
-    def __init__(self, player_id: int, x: float, y: float, chat_burst: int) -> None:
+    def __init__(self, player_id: int, x: float, y: float) -> None:
         self.id = player_id
         self.name: str | None = None
         self.room: Room | None = None
@@ -100,8 +96,6 @@ class Player:
         self.dy = 0.0
         self.target: tuple[float, float] | None = None
         self.ack = 0  # seq of the last input applied
-        self.chat_tokens = float(chat_burst)
-        self.chat_stamp = 0.0
 
     @property
     def moving(self) -> bool:
@@ -153,7 +147,7 @@ class Game:
         s = self.settings
         x = self._rng.uniform(0.0, s.world_width)
         y = self._rng.uniform(0.0, s.world_height)
-        self.players[player_id] = Player(player_id, x, y, s.chat_burst)
+        self.players[player_id] = Player(player_id, x, y)
         return player_id
 
     def remove_player(self, player_id: int) -> list[Effect]:
@@ -170,7 +164,7 @@ class Game:
 
     # --- requests ------------------------------------------------------------------------------
     def handle(self, player_id: int, msg: Any, now: float) -> list[Effect]:
-        """One decoded client message; `now` is a monotonic time in seconds (rate limits, pong)."""
+        """One decoded client message; `now` is a monotonic time in seconds (pong)."""
         player = self.players.get(player_id)
         if player is None:
             return []
@@ -230,17 +224,8 @@ class Game:
             kind = type(req).__name__.lower()
             raise p.ProtocolError(p.NOT_NAMED, "send 'hello' with a name first", _KIND.get(kind, kind))
         if isinstance(req, p.Chat):
+            # Chat's rate limit is the framework's (GameSession.rate_limits), before this is called.
             room = self._room_of(player, "chat")
-            tokens = min(
-                float(s.chat_burst), player.chat_tokens + (now - player.chat_stamp) * s.chat_rate_per_s
-            )
-            player.chat_stamp = now
-            if tokens < 1.0:
-                player.chat_tokens = tokens
-                raise p.ProtocolError(
-                    p.RATE_LIMITED, f"chat is limited to {s.chat_rate_per_s:g} messages per second", "chat"
-                )
-            player.chat_tokens = tokens - 1.0
             self.counters["chats"] += 1
             msg = {
                 "type": "chat",

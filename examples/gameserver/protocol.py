@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from framework.session import limits
+
 # Error codes (stable strings clients can branch on).
 UNKNOWN_TYPE = "unknown_type"
 BAD_REQUEST = "bad_request"
@@ -25,7 +27,7 @@ ROOM_NOT_FOUND = "room_not_found"
 ROOM_EXISTS = "room_exists"
 TOO_MANY_ROOMS = "too_many_rooms"
 NOT_IN_ROOM = "not_in_room"
-RATE_LIMITED = "rate_limited"
+RATE_LIMITED = limits.RATE_LIMITED  # sent by the framework's rate limits (GameSession.rate_limits)
 
 PROTOCOL_VERSION = 1
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_\-]+")

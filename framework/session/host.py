@@ -1088,6 +1088,13 @@ class SessionHost:
 
     def _deliver(self, session: Session, msgs: list[Any]) -> None:
         """Hand decoded messages to the session's handler."""
+        # Admission (Server: first-message deadline, rate limits; framework/session/limits.py): an
+        # accepted session's first message and, with limits on, every batch. None: no check.
+        limiter = session._limiter
+        if limiter is not None:
+            msgs = limiter.admit(self, session, msgs)
+            if not msgs:
+                return
         if len(msgs) == 1 and session._task is None and not session._backlog and session._state == OPEN:
             # One message, nothing queued before it (ping-pong): no dispatch loop.
             try:

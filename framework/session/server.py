@@ -6,6 +6,12 @@ until every session is gone or drain_timeout_s passes -> the rest are closed (co
 output was still unsent) -> provider.shutdown(). The final log line says how many drained and how
 many were forced.
 
+Admission (docs/RELIABILITY.md, "Lock-out"): at most `server.max_connections_per_address` live
+sessions per peer IP address; an accepted session that sends no message within
+`session.first_message_timeout_s` is closed; at `io.max_connections` the oldest session that has not
+sent a message yet ("unauthenticated") gives way to the newcomer; accepted sessions' messages pass the
+rate limits of framework/session/limits.py.
+
 `workers: N > 1`: the parent forks N worker processes that each run their own loop on the same port
 (SO_REUSEPORT, so the kernel spreads connections), forwards SIGTERM/SIGINT to them, restarts a worker
 that dies unexpectedly and exits 0 when all of them stopped cleanly.
@@ -28,6 +34,7 @@ from framework.io.errors import ErrorCode, ProviderError, describe
 from framework.io.provider import AsyncIOProvider, CompletionResult, Status
 from framework.io.sockets import open_listener
 from framework.session.host import CLOSED, CONNECTING, SessionHost
+from framework.session.limits import RATE_LIMIT_EXCEEDED, RateLimits, SessionLimiter, rate_limit_error
 from framework.session.session import Session
 
 log = structlog.get_logger("framework.session")
@@ -46,6 +53,49 @@ _BACKOFF_MAX_S = 1.0
 # send completions, so the re-posted accept completed about once per tick (5,000 connects took
 # minutes). Several posted accepts complete together in one trip.
 _ACCEPTS_POSTED = 64
+# Stable close reasons of admission control (on_disconnected, logs, docs/RELIABILITY.md).
+FIRST_MESSAGE_TIMEOUT = "first message timeout"
+EVICTED = "evicted for a new connection"
+_LOG_INTERVAL_S = 1.0  # one line per kind per second under a flood; the counters keep the totals
+
+
+class _AddressCount:
+    """Live sessions of one peer address; every session from it shares this object (`_addr`)."""
+
+    __slots__ = ("address", "n")
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.n = 0
+
+
+class _AwaitingFirstMessage:
+    """`Session._limiter` of an accepted session until its first message (see SessionHost._deliver):
+    the first delivery marks it as having spoken and installs its real limiter, if any."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def admit(host: Server, session: Session, msgs: list[Any]) -> list[Any]:
+        return host._first_message(session, msgs)
+
+
+_AWAITING_FIRST_MESSAGE = _AwaitingFirstMessage()
+
+
+def _address_key(peer: Any, sock: socket.socket) -> str | None:
+    """The peer's IP address as text (an IPv4-mapped IPv6 address as its IPv4 form), or None."""
+    if not peer:
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            return None
+    address = peer[0] if isinstance(peer, tuple) else None
+    if not isinstance(address, str):
+        return None
+    if address.startswith("::ffff:") and "." in address:
+        return address[7:]
+    return address
 
 
 class _Listener:
@@ -75,10 +125,24 @@ class Server(SessionHost):
         self._stopping = False
         self._done = threading.Event()
         self.refused = 0
+        self.refused_per_address = 0
+        self.evicted = 0
+        self.first_message_timeouts = 0
+        self.rate_limited = 0  # messages dropped by a rate limit
+        self.rate_limit_replies = 0
+        self.rate_limit_closes = 0
         self.accept_errors = 0
         self.drained = 0
         self.forced = 0
-        self._last_refusal_log = 0.0
+        self._last_logged: dict[str, float] = {}
+        # Admission state. _unspoken: accepted sessions with no message yet -> accept time, in
+        # accept order (the oldest is the first to give way, and the deadline scan stops early).
+        self._per_address: dict[str, _AddressCount] = {}
+        self._per_address_limit = settings.server.max_connections_per_address
+        self._unspoken: dict[Session, float] = {}
+        self._first_message_timeout = float(settings.session.first_message_timeout_s)
+        self._rate_limits: dict[type[Session], RateLimits] = {}
+        self._limits_for(session_class)  # a bad `rate_limits` class attribute fails here, not later
         self._signal_received = 0
         self._parent_pid = 0  # a worker process: shut down if this parent goes away
 
@@ -114,6 +178,9 @@ class Server(SessionHost):
         if not self._listeners:
             raise OSError(f"could not listen on any of {cfg.hosts}")
         self._listening = True
+        timeout = self._first_message_timeout
+        if timeout > 0:
+            self.call_every(max(0.02, min(1.0, timeout / 4)), self._check_first_messages)
         if self._parent_pid:
             self.call_every(1.0, self._check_parent)
         log.info(
@@ -198,18 +265,30 @@ class Server(SessionHost):
         if self._stopping:
             sock.close()
             return
+        per_address = self._per_address_limit
+        address = _address_key(peer, sock) if per_address else None
+        if address is not None:
+            count = self._per_address.get(address)
+            if count is not None and count.n >= per_address:
+                self.refused_per_address += 1
+                sock.close()
+                self._log_throttled(
+                    "connection refused: per-address limit reached",
+                    peer=peer,
+                    max_connections_per_address=per_address,
+                    refused_total=self.refused_per_address,
+                )
+                return
         limit = self.settings.io.max_connections
-        if len(self.registry) >= limit:
+        if len(self.registry) >= limit and not self._reclaim_slot(peer):
             self.refused += 1
             sock.close()
-            if self.now - self._last_refusal_log >= 1.0:  # one line per second under a flood
-                self._last_refusal_log = self.now
-                log.warning(
-                    "connection refused: max_connections reached",
-                    peer=peer,
-                    max_connections=limit,
-                    refused_total=self.refused,
-                )
+            self._log_throttled(
+                "connection refused: max_connections reached",
+                peer=peer,
+                max_connections=limit,
+                refused_total=self.refused,
+            )
             return
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -227,7 +306,124 @@ class Server(SessionHost):
             session._state = CLOSED
             sock.close()
             return
+        # Admission bookkeeping, undone in _finalize. The count object is shared by every session
+        # from the address (8 bytes per session, no address string each).
+        if address is not None:
+            count = self._per_address.get(address)
+            if count is None:
+                count = self._per_address[address] = _AddressCount(address)
+            count.n += 1
+            session._addr = count
+        session._limiter = _AWAITING_FIRST_MESSAGE
+        self._unspoken[session] = self.now
         self._open_session(session)
+
+    def _reclaim_slot(self, peer: Any) -> bool:
+        """At max_connections: close the session that has waited longest without sending a message
+        (it holds a slot and has shown no sign of being a player); False when every session spoke."""
+        victim = next(iter(self._unspoken), None)
+        if victim is None:
+            return False
+        self.evicted += 1
+        self._log_throttled(
+            "session evicted for a new connection",
+            session=str(victim.id),
+            peer=victim.peer,
+            new_peer=peer,
+            evicted_total=self.evicted,
+        )
+        self._finalize(victim, EVICTED)
+        return True
+
+    def _first_message(self, session: Session, msgs: list[Any]) -> list[Any]:
+        """The session's first message batch (see _AwaitingFirstMessage): it has spoken; from now on
+        only its rate limiter (if any) sees its messages."""
+        self._unspoken.pop(session, None)
+        limiter = session._limiter = self._limits_for(type(session)).limiter(self.now)
+        return msgs if limiter is None else limiter.admit(self, session, msgs)
+
+    def _limits_for(self, cls: type[Session]) -> RateLimits:
+        limits = self._rate_limits.get(cls)
+        if limits is None:
+            codec = cls.codec or self.settings.session.codec
+            limits = self._rate_limits[cls] = RateLimits(self.settings.session.rate_limit, cls, codec)
+        return limits
+
+    def _rate_limited(self, session: Session, limiter: SessionLimiter, limit: str, dropped: int) -> None:
+        """`dropped` messages of `session` were over `limit`: count, reply, maybe close."""
+        self.rate_limited += dropped
+        limits = limiter.limits
+        if limits.close and limiter.violations >= limits.max_violations:
+            self.rate_limit_closes += 1
+            self._log_throttled(
+                "session closed: rate limit exceeded",
+                session=str(session.id),
+                peer=session.peer,
+                limit=limit,
+                violations=limiter.violations,
+                closed_total=self.rate_limit_closes,
+            )
+            if limits.reply:
+                n = limiter.take_report(limit, self.now, force=True)
+                session.send(rate_limit_error(limit, limits.per_s(limit), n))
+                self.rate_limit_replies += 1
+            self._close_session(session, RATE_LIMIT_EXCEEDED)
+            return
+        self._log_throttled(
+            "messages dropped: rate limit",
+            session=str(session.id),
+            limit=limit,
+            dropped=dropped,
+            dropped_total=self.rate_limited,
+        )
+        if limits.reply:
+            n = limiter.take_report(limit, self.now)
+            if n:
+                # Queued after this turn's dispatch (timers run after the completions), so the
+                # replies to the messages of the same read that passed come first.
+                error = rate_limit_error(limit, limits.per_s(limit), n)
+                self.call_later(0.0, lambda: session.send(error))
+                self.rate_limit_replies += 1
+
+    def _check_first_messages(self) -> None:
+        """Close the sessions that sent no message within first_message_timeout_s (heartbeats
+        do not count: they are frames, not messages)."""
+        cutoff = self.now - self._first_message_timeout
+        expired = []
+        for session, since in self._unspoken.items():
+            if since > cutoff:
+                break  # accept order: the rest are younger
+            expired.append(session)
+        if not expired:
+            return
+        for session in expired:
+            self._finalize(session, FIRST_MESSAGE_TIMEOUT)
+        self.first_message_timeouts += len(expired)
+        log.info(
+            "sessions closed: first message timeout",
+            closed=len(expired),
+            first_message_timeout_s=self._first_message_timeout,
+            closed_total=self.first_message_timeouts,
+        )
+
+    def _finalize(self, session: Session, reason: str) -> None:
+        if session._state != CLOSED:
+            count = session._addr
+            if count is not None:
+                session._addr = None
+                count.n -= 1
+                if not count.n:
+                    del self._per_address[count.address]
+            if session._limiter is _AWAITING_FIRST_MESSAGE:
+                self._unspoken.pop(session, None)
+        super()._finalize(session, reason)
+
+    def _log_throttled(self, event: str, **fields: Any) -> None:
+        """A warning at most once per second per event under a flood (counters keep the totals)."""
+        now = self.now
+        if now - self._last_logged.get(event, -_LOG_INTERVAL_S) >= _LOG_INTERVAL_S:
+            self._last_logged[event] = now
+            log.warning(event, **fields)
 
     # ------------------------------------------------------------------ running
     def serve_forever(self) -> None:
@@ -339,6 +535,12 @@ class Server(SessionHost):
         out = super().stats
         out.update(
             refused=self.refused,
+            refused_per_address=self.refused_per_address,
+            evicted=self.evicted,
+            first_message_timeouts=self.first_message_timeouts,
+            rate_limited=self.rate_limited,
+            rate_limit_replies=self.rate_limit_replies,
+            rate_limit_closes=self.rate_limit_closes,
             accept_errors=self.accept_errors,
             accepts_posted=sum(len(listener.ops) for listener in self._listeners),
         )

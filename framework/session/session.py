@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from framework.session.codec import HEADER, MAX_U32
@@ -43,10 +43,14 @@ class Session:
 
     #: None: settings.session.codec; "msgpack": on_message gets decoded objects; "raw": bytes payloads.
     codec: ClassVar[str | None] = None
+    #: Per-message-type rate limits of accepted sessions: key -> (messages per second, burst), for
+    #: the keys `rate_limit_key` returns (settings.session.rate_limit.per_type replaces entries).
+    rate_limits: ClassVar[Mapping[str, tuple[float, int]]] = {}
 
     __slots__ = (
         "__dict__",
         "__weakref__",
+        "_addr",
         "_backlog",
         "_close_deadline",
         "_close_reason",
@@ -62,6 +66,7 @@ class Session:
         "_inflight",
         "_last_frame",
         "_last_send",
+        "_limiter",
         "_out",
         "_out_bytes",
         "_packb",
@@ -100,6 +105,13 @@ class Session:
     def on_resume_writing(self) -> None:
         """Queued output fell below write_low_water: producing may resume."""
 
+    def rate_limit_key(self, msg: Any) -> str | None:
+        """The per-type rate limit `msg` counts against (a key of `rate_limits` or of
+        settings.session.rate_limit.per_type), or None for the session-wide limits only. Called for
+        every message of a class that has per-type limits: keep it cheap. An exception is handled
+        like one in a handler (logged; the session closed unless handler_errors is "keep")."""
+        return None
+
     # ------------------------------------------------------------------ attach (framework)
     def _attach(self, host: SessionHost, sid: SessionId, sock: socket.socket, peer: Any, state: int) -> None:
         self._host_ref = weakref.ref(host)
@@ -129,6 +141,10 @@ class Session:
         self._eof = False
         self._last_frame = host.now
         self._last_send = host.now
+        # Admission (the accepting Server sets these): the session's rate limiter, or the marker of
+        # "no message yet"; and its peer address's live-connection count.
+        self._limiter: Any = None
+        self._addr: Any = None
         self.frames_in = 0
         self.frames_out = 0
         self.bytes_in = 0
