@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import needs_posix_signals
@@ -288,13 +289,17 @@ BACKENDS = available_backends()
 WAIT = 10.0  # generous: the machine is shared
 
 
-def make_settings(backend: str, **app):
+def make_settings(backend: str, session: dict[str, Any] | None = None, **app):
+    """Loopback settings for `backend`; `app` overrides the game's settings, `session` the
+    framework's session section (validated, e.g. {"rate_limit": {...}})."""
     s = load_settings(env={})
+    sess = s.session if session is None else type(s.session).model_validate({**s.session.model_dump(), **session})
     return s.model_copy(
         update={
             "server": s.server.model_copy(update={"hosts": ["127.0.0.1"], "port": 0}),
             "io": s.io.model_copy(update={"backend": backend, "fallback": False}),
             "stats": s.stats.model_copy(update={"interval_s": 0}),
+            "session": sess,
             "app": {**s.app, **app},
         }
     )
@@ -303,10 +308,10 @@ def make_settings(backend: str, **app):
 class RunningServer:
     """A Server serving GameSession in a background thread."""
 
-    def __init__(self, backend: str, **app) -> None:
+    def __init__(self, backend: str, session: dict[str, Any] | None = None, **app) -> None:
         from framework.session.server import Server
 
-        self.server = Server(make_settings(backend, **app), GameSession)
+        self.server = Server(make_settings(backend, session, **app), GameSession)
         GameSession.setup_server(self.server)
         ready: queue.Queue = queue.Queue()
 
