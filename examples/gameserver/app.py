@@ -105,13 +105,13 @@ class GameApp:
                 self._timers[name] = self.server.call_every(
                     1.0 / self.settings.tick_hz, partial(self.tick, name)
                 )
-                log.info("room opened", room=name, rooms=len(self.game.rooms))
+                log.debug("room opened", room=name, rooms=len(self.game.rooms))
             elif kind is RoomClosed:
                 timer = self._timers.pop(effect.room, None)
                 if timer is not None:
                     timer.cancel()
                 registry.remove_group(_group(effect.room))
-                log.info("room closed", room=effect.room, rooms=len(self.game.rooms))
+                log.debug("room closed", room=effect.room, rooms=len(self.game.rooms))
 
     def tick(self, room: str) -> None:
         snapshot = self.game.tick(room)

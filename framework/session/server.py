@@ -46,6 +46,8 @@ _BACKOFF_MAX_S = 1.0
 # send completions, so the re-posted accept completed about once per tick (5,000 connects took
 # minutes). Several posted accepts complete together in one trip.
 _ACCEPTS_POSTED = 64
+# Why an accepted connection was closed at once (raon_connections_refused_total{reason}).
+REFUSAL_REASONS = ("max_connections", "shutting_down", "register_failed")
 
 
 class _Listener:
@@ -74,13 +76,22 @@ class Server(SessionHost):
         self._shutdown_requested = False
         self._stopping = False
         self._done = threading.Event()
-        self.refused = 0
+        self.accepted = 0  # connections the kernel handed over (refused ones included)
+        self.refused = 0  # refused for max_connections
+        self.refused_by_reason = dict.fromkeys(REFUSAL_REASONS, 0)
         self.accept_errors = 0
         self.drained = 0
         self.forced = 0
         self._last_refusal_log = 0.0
         self._signal_received = 0
         self._parent_pid = 0  # a worker process: shut down if this parent goes away
+        # Prometheus metrics and health endpoints (metrics.listen; docs/METRICS.md). Built here so an
+        # application's setup_server() can register its own metrics before the server starts.
+        self.metrics: Any = None
+        if settings.metrics.listen is not None:
+            from framework.metrics import Metrics
+
+            self.metrics = Metrics(self)
 
     # ------------------------------------------------------------------ start
     def start(self) -> list[tuple[str, int]]:
@@ -116,6 +127,8 @@ class Server(SessionHost):
         self._listening = True
         if self._parent_pid:
             self.call_every(1.0, self._check_parent)
+        if self.metrics is not None:
+            self.metrics.start()
         log.info(
             "listening",
             addresses=[f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses],
@@ -195,12 +208,15 @@ class Server(SessionHost):
             self._post_accept(listener)
 
     def _accepted(self, sock: socket.socket, peer: Any) -> None:
+        self.accepted += 1
         if self._stopping:
+            self.refused_by_reason["shutting_down"] += 1
             sock.close()
             return
         limit = self.settings.io.max_connections
         if len(self.registry) >= limit:
             self.refused += 1
+            self.refused_by_reason["max_connections"] += 1
             sock.close()
             if self.now - self._last_refusal_log >= 1.0:  # one line per second under a flood
                 self._last_refusal_log = self.now
@@ -225,6 +241,7 @@ class Server(SessionHost):
             )
             self.registry.remove(session)
             session._state = CLOSED
+            self.refused_by_reason["register_failed"] += 1
             sock.close()
             return
         self._open_session(session)
@@ -332,17 +349,29 @@ class Server(SessionHost):
                 stale_completions=self.registry.stale_completions,
             )
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             self._done.set()
 
     @property
     def stats(self) -> dict[str, Any]:
         out = super().stats
         out.update(
+            accepted=self.accepted,
             refused=self.refused,
+            refused_by_reason=dict(self.refused_by_reason),
+            draining=self._stopping or self._shutdown_requested,
             accept_errors=self.accept_errors,
             accepts_posted=sum(len(listener.ops) for listener in self._listeners),
         )
         return out
+
+    def _stats_extra(self) -> dict[str, Any]:
+        return {
+            "listeners": sum(1 for listener in self._listeners if not listener.closed),
+            "accepts_posted": sum(len(listener.ops) for listener in self._listeners),
+            "refused_total": self.refused,
+        }
 
     # ------------------------------------------------------------------ workers
     def _supervise(self) -> int:
@@ -373,7 +402,7 @@ class Server(SessionHost):
                 try:
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
                     signal.signal(signal.SIGINT, signal.SIG_DFL)
-                    worker = Server(child_settings, self.session_class)
+                    worker = Server(worker_settings(child_settings, index), self.session_class)
                     worker._parent_pid = parent_pid
                     code = worker.run()
                 except BaseException:
@@ -440,3 +469,19 @@ class Server(SessionHost):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         return sock
+
+
+def worker_settings(settings: Any, index: int) -> Any:
+    """Worker `index`'s settings: each worker serves its own metrics on metrics.listen's port +
+    index (docs/METRICS.md), since each has its own loop and counters; port 0 stays 0 (any)."""
+    listen = settings.metrics.listen
+    if listen is None:
+        return settings
+    from framework.config import split_listen
+
+    host, port = split_listen(listen)
+    if port:
+        port += index
+    bracketed = f"[{host}]" if ":" in host else host
+    metrics = settings.metrics.model_copy(update={"listen": f"{bracketed}:{port}"})
+    return settings.model_copy(update={"metrics": metrics})
