@@ -8,24 +8,25 @@ cached per distinct reason string so a close costs one dict look-up.
 
 from __future__ import annotations
 
-# Every code `close_code` can return, in the order docs and dashboards list them.
-CLOSE_CODES: tuple[str, ...] = (
-    "peer_closed",  # the peer closed its side (EOF), after its last reply went out
-    "peer_reset",  # the peer vanished: connection reset / broken pipe
-    "app",  # the application closed it (session.close(), default "closed by server")
-    "server_shutdown",  # drained by a server shutdown
-    "client_closed",  # drained by Client.close()
-    "drain_timeout",  # still sending when the drain deadline passed
-    "idle_timeout",  # no frame for session.idle_timeout_s
-    "slow_consumer",  # the peer stopped reading (write_hard_cap / slow_consumer_timeout_s)
-    "memory_budget",  # shed by server.memory_budget_bytes
-    "protocol_error",  # an invalid frame or malformed payload
-    "handler_error",  # a handler raised (session.handler_errors: close)
-    "rate_limited",  # over a rate limit
-    "connect_failed",  # an outgoing connect did not complete
-    "io_error",  # another receive/send/stream failure (see raon_io_errors_total)
-    "server_error",  # the provider failed; the server closed everything
-)
+# Every code `close_code` can return and what it means, in the order docs and dashboards list them.
+CLOSE_CODE_MEANINGS: dict[str, str] = {
+    "peer_closed": "the peer closed its side (EOF), after its last reply went out",
+    "peer_reset": "the peer vanished: connection reset or broken pipe",
+    "app": 'the application closed it (session.close(), default reason "closed by server", or its own reason)',
+    "server_shutdown": "drained by a server shutdown",
+    "client_closed": "drained by Client.close()",
+    "drain_timeout": "still sending when the drain deadline (shutdown.drain_timeout_s) passed",
+    "idle_timeout": "no frame for session.idle_timeout_s",
+    "slow_consumer": "the peer stopped reading (write_hard_cap or slow_consumer_timeout_s)",
+    "memory_budget": "shed to keep server.memory_budget_bytes",
+    "protocol_error": "an invalid frame or a malformed payload",
+    "handler_error": "a handler raised (session.handler_errors: close)",
+    "rate_limited": "over a rate limit",
+    "connect_failed": "an outgoing connect did not complete",
+    "io_error": "another receive, send or stream failure (raon_io_errors_total names it)",
+    "server_error": "the provider failed; the server closed everything",
+}
+CLOSE_CODES: tuple[str, ...] = tuple(CLOSE_CODE_MEANINGS)
 
 # Peer-caused ends: normal on the internet, so logged at debug, not as an aborted session.
 PEER_CODES = frozenset({"peer_closed", "peer_reset"})
