@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 
 from framework.metrics.collector import (
     LAG_BUCKETS,
@@ -37,7 +37,7 @@ from framework.metrics.http import MetricsHTTPServer
 log = structlog.get_logger("framework.metrics")
 
 PROBE_INTERVAL_S = 0.1  # loop-lag samples and timed turns per second: 10
-_SNAPSHOT_MAX_AGE_S = 0.25  # collectors of one scrape share a snapshot
+_SNAPSHOT_MAX_AGE_S = 0.5  # the later collectors of one scrape share its snapshot
 _SNAPSHOT_TIMEOUT_S = 1.0  # how long a scrape waits for the loop before serving the previous one
 
 __all__ = ["PROBE_INTERVAL_S", "Metrics", "MetricsHTTPServer"]
@@ -68,6 +68,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(HostCollector(self))
+        # process_cpu_seconds_total, resident memory, open descriptors (read from /proc per scrape)
+        ProcessCollector(registry=self.registry)
         self._sources: dict[str, Callable[[], Any]] = {}
         self._checks: dict[str, Callable[[], bool]] = {}
         self._lock = threading.Lock()
@@ -153,11 +155,12 @@ class Metrics:
         return True, "ready"
 
     # ------------------------------------------------------------------ snapshots (any thread)
-    def snapshot(self) -> dict[str, Any]:
-        """The loop's counters as of at most 0.25 s ago, taken in the loop thread; the previous
-        snapshot (marked stale) when the loop does not answer within 1 s."""
+    def snapshot(self, max_age_s: float = _SNAPSHOT_MAX_AGE_S) -> dict[str, Any]:
+        """The loop's counters as of at most `max_age_s` ago, taken in the loop thread; the
+        previous snapshot (marked stale) when the loop does not answer within 1 s. A scrape's first
+        collector asks for a new one (max_age_s=0); the others share it."""
         with self._lock:
-            if self._snapshot is not None and time.monotonic() - self._snapshot_at < _SNAPSHOT_MAX_AGE_S:
+            if self._snapshot is not None and time.monotonic() - self._snapshot_at < max_age_s:
                 return self._snapshot
             fresh = self._take()
             if fresh is not None:

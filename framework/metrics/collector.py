@@ -9,6 +9,7 @@ produce; nothing is labelled per session.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,7 +70,8 @@ class HostCollector(Collector):
         return self._families({})
 
     def collect(self) -> Iterator[Metric]:
-        return self._families(self.metrics.snapshot())
+        # Registered first, so each scrape starts with a new snapshot (the app's collectors share it).
+        return self._families(self.metrics.snapshot(max_age_s=0.0))
 
     def _families(self, snap: dict[str, Any]) -> Iterator[Metric]:
         st: dict[str, Any] = snap.get("stats") or {}
@@ -79,10 +81,12 @@ class HostCollector(Collector):
             return st.get(key, 0) if has else None
 
         info = GaugeMetricFamily(
-            "raon_server_info", "Constant 1, labelled with the I/O backend in use.", labels=["backend"]
+            "raon_server_info",
+            "Constant 1, labelled with the I/O backend in use and the process id (one per worker).",
+            labels=["backend", "pid"],
         )
         if has:
-            info.add_metric([str(st.get("backend") or "none")], 1)
+            info.add_metric([str(st.get("backend") or "none"), str(os.getpid())], 1)
         yield info
         yield _gauge(
             "raon_draining",
