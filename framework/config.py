@@ -307,7 +307,7 @@ def split_listen(value: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f'must look like "host:port" (e.g. "127.0.0.1:9100", "[::1]:9100"), got {value!r}')
+        raise ValueError(f'must look like "host:port" (e.g. "127.0.0.1:9177", "[::1]:9177"), got {value!r}')
     return host, int(port_text)
 
 

@@ -349,10 +349,10 @@ def test_top_renders_a_frame_in_a_pseudo_terminal() -> None:
         )  # fmt: skip
         try:
             child.expect("raon top · 1 node")
-            child.expect(r"msgs/s in")
+            child.expect(r"msgs/s in/out")
             child.expect(rf"127\.0\.0\.1:{port}")
             child.expect("serving")
-            child.expect(r"toproom\s*│\s*2")  # the busiest room and its players
+            child.expect(r"toproom\s+2\s")  # the busiest room and its players
             child.expect("raon top · 1 node")  # it refreshes
             child.sendintr()
             child.expect(pexpect.EOF)

@@ -77,13 +77,13 @@ loop samples the lag 10 times a second and times one loop turn in each 0.1 s. La
 sets (close codes, refusal reasons, states) or the OS's error names; no label is per session.
 
 **Several processes.** With `server.workers: N` every worker has its own loop and counters and serves
-its own endpoint: worker *i* (0-based) listens on the `metrics.listen` port + *i* (e.g. 9100, 9101, ...;
+its own endpoint: worker *i* (0-based) listens on the `metrics.listen` port + *i* (e.g. 9177, 9178, ...;
 port 0 lets each pick a free port, logged as `metrics endpoint listening`). Scrape every worker (one
 target per port) and aggregate in PromQL, e.g. `sum(rate(raon_frames_received_total[1m]))`; cluster
 nodes are scraped the same way, one target per node and worker. `python -m framework top --url ...`
 takes one `--url` per worker or node.
 
-**Live view.** `python -m framework top --url http://host:9100/metrics [--url ...]` (see README,
+**Live view.** `python -m framework top --url http://host:9177/metrics [--url ...]` (see README,
 "Operating"); a Grafana dashboard over these metrics is in `deploy/grafana/raon-server.json`.
 
 **Kubernetes** (an example, not tested here): probes on the endpoint, and a drain that fits.
@@ -98,7 +98,7 @@ spec:
   template:
     metadata:
       labels: {app: gameserver}
-      annotations: {prometheus.io/scrape: "true", prometheus.io/port: "9100"}
+      annotations: {prometheus.io/scrape: "true", prometheus.io/port: "9177"}
     spec:
       terminationGracePeriodSeconds: 30        # > shutdown.drain_timeout_s
       containers:
@@ -106,10 +106,10 @@ spec:
           image: registry.example/gameserver:1.0
           args: ["python", "-m", "examples.gameserver", "--config", "configs/production-io_uring.yaml"]
           env:
-            - {name: FRAMEWORK_METRICS__LISTEN, value: "0.0.0.0:9100"}
+            - {name: FRAMEWORK_METRICS__LISTEN, value: "0.0.0.0:9177"}
           ports:
             - {name: game, containerPort: 7777}
-            - {name: metrics, containerPort: 9100}
+            - {name: metrics, containerPort: 9177}
           livenessProbe:
             httpGet: {path: /healthz, port: metrics}
             periodSeconds: 5

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -125,42 +126,39 @@ def _ms(seconds: float) -> str:
 
 def render(nodes: Sequence[Node], interval: float) -> Group:
     """One frame: the nodes table and the busiest rooms."""
-    table = Table(title=f"raon top · {len(nodes)} node(s) · every {interval:g} s", title_justify="left")
-    for col, justify in (
-        ("node", "left"), ("backend", "left"), ("sessions", "right"), ("msgs/s in", "right"),
-        ("msgs/s out", "right"), ("bytes/s in", "right"), ("bytes/s out", "right"),
-        ("loop lag p99", "right"), ("errors", "right"), ("errors/s", "right"), ("refused", "right"),
-        ("state", "left"),
-    ):  # fmt: skip
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table = Table(
+        title=f"raon top · {len(nodes)} node(s) · every {interval:g} s", title_justify="left", box=box.SIMPLE_HEAD
+    )
+    for col in ("node", "backend", "sessions", "msgs/s in/out", "bytes/s in/out", "lag p99", "errors (/s)",
+                "refused", "state"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("node", "backend", "state") else "right", no_wrap=True)
     rooms: list[tuple[int, str, str]] = []
     for node in nodes:
         name = node.url.removeprefix("http://").removesuffix("/metrics")
         cur = node.cur
         if cur is None or node.error:
-            table.add_row(name, "", "", "", "", "", "", "", "", "", "", Text(f"down: {node.error}", style="red"))
+            table.add_row(name, "", "", "", "", "", "", "", Text(f"down: {node.error}", style="red"))
             continue
         backend = next((dict(labels).get("backend", "") for labels in cur.get("raon_server_info", {})), "")
         errors = sum(total(cur, n) for n in _ERRORS)
-        err_rate = None
-        if node.prev is not None:
-            err_rate = sum(node.rate(n) or 0.0 for n in _ERRORS)
+        err_rate = sum(node.rate(n) or 0.0 for n in _ERRORS) if node.prev is not None else None
         lag = node.lag_p99()
         draining = total(cur, "raon_draining") > 0
         state = Text("draining", style="yellow") if draining else Text("serving", style="green")
         if total(cur, "raon_snapshot_stale") > 0:
             state = Text("loop not answering", style="red")
+        msgs = f"{_num(node.rate('raon_frames_received_total'))} / {_num(node.rate('raon_frames_sent_total'))}"
+        volume = (
+            f"{_num(node.rate('raon_received_bytes_total'), 'B')} / {_num(node.rate('raon_sent_bytes_total'), 'B')}"
+        )
         table.add_row(
             name,
             backend,
             _num(total(cur, "raon_sessions", state="open")),
-            _num(node.rate("raon_frames_received_total")),
-            _num(node.rate("raon_frames_sent_total")),
-            _num(node.rate("raon_received_bytes_total"), "B"),
-            _num(node.rate("raon_sent_bytes_total"), "B"),
+            msgs,
+            volume,
             Text(_ms(lag), style="red" if lag > 0.05 else ""),
-            Text(_num(errors), style="red" if errors else ""),
-            _num(err_rate),
+            Text(f"{_num(errors)} ({_num(err_rate)})", style="red" if errors else ""),
             _num(total(cur, "raon_connections_refused_total")),
             state,
         )
@@ -168,7 +166,7 @@ def render(nodes: Sequence[Node], interval: float) -> Group:
             rooms.append((int(players), dict(labels).get("room", "?"), name))
     parts: list[Any] = [table]
     if rooms:
-        top = Table(title="top rooms", title_justify="left")
+        top = Table(title="top rooms", title_justify="left", box=box.SIMPLE_HEAD)
         top.add_column("room")
         top.add_column("players", justify="right")
         top.add_column("node")
