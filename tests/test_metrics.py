@@ -414,3 +414,20 @@ def test_metric_names_follow_prometheus_conventions() -> None:
         if kind == "histogram":
             assert name.endswith("_seconds"), name
         assert not {"session", "session_id", "peer"} & set(labels), name  # bounded label sets
+
+
+def test_a_metrics_port_in_use_fails_the_start_and_says_which_setting() -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    from framework.session.server import Server
+
+    server = Server(make_settings(BACKENDS[0], metrics={"listen": f"127.0.0.1:{port}"}), Scripted)
+    try:
+        with pytest.raises(OSError, match=rf"metrics.listen 127.0.0.1:{port}: .*in use"):
+            server.start()
+    finally:
+        server._close_listeners()
+        server._close_provider()
+        taken.close()

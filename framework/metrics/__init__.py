@@ -103,8 +103,12 @@ class Metrics:
         server = self.server
         server.turn_observer = self.turn_seconds.observe
         self.last_turn_at = time.monotonic()
+        try:
+            self.http = MetricsHTTPServer(self.listen, self)
+        except OSError as exc:
+            server.turn_observer = None
+            raise OSError(exc.errno, f"metrics.listen {self.listen}: {exc.strerror or exc}") from None
         self._schedule_probe()
-        self.http = MetricsHTTPServer(self.listen, self)
         host, port = self.http.address
         log.info("metrics endpoint listening", url=f"http://{_fmt_host(host)}:{port}/metrics", pid=_pid())
 
@@ -175,9 +179,12 @@ class Metrics:
     def _take(self) -> dict[str, Any] | None:
         server = self.server
         if not server._running:
-            # No loop turning (not started yet, or a test driving it): nothing else reads or
-            # writes the counters concurrently, so this thread may read them.
-            return self._build()
+            # No loop turning (not started yet, stopping, or a test driving it by hand): read the
+            # counters from this thread; a collision with a last close just means no new figures.
+            try:
+                return self._build()
+            except RuntimeError:
+                return None
         box: list[dict[str, Any]] = []
         done = threading.Event()
 
