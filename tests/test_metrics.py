@@ -8,7 +8,6 @@ import json
 import os
 import re
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from typing import Any
 import msgpack
 import pexpect
 import pytest
+from hostile import rst_close
 from sessionkit import BACKENDS, WAIT_S, FrameClient, frame, make_settings, running_server, wait_for
 
 from framework.metrics.docs import example_server, markdown, sample_names
@@ -127,8 +127,7 @@ def test_counters_follow_the_traffic_and_every_close_path(backend: str) -> None:
         reset = FrameClient(server.addresses[0])
         reset.send({"i": 0})
         assert reset.recv() == {"i": 0}
-        reset.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        reset.close()  # RST
+        rst_close(reset.sock)
         wait_for(lambda: closes(server, "peer_reset") == 1, what="peer_reset")
         samples = scrape(server)
         assert value(samples, "raon_io_errors_total", code="CONNECTION_RESET") == 1
@@ -254,6 +253,7 @@ def test_game_metrics_show_rooms_players_and_snapshots() -> None:
             c.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="workers: N forks")
 def test_each_worker_serves_its_own_endpoint(tmp_path: Path) -> None:
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
@@ -331,6 +331,7 @@ def test_close_reasons_map_to_a_fixed_set_of_codes(reason: str, code: tuple[str,
 
 
 # ------------------------------------------------------------------------------------------ top
+@pytest.mark.skipif(not hasattr(pexpect, "spawn"), reason="pexpect.spawn needs a POSIX pseudo-terminal")
 def test_top_renders_a_frame_in_a_pseudo_terminal() -> None:
     from examples.gameserver.app import GameSession
     from examples.gameserver.client import GameClient

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from hostile import rst_close
 from sessionkit import BACKENDS, WAIT_S, FrameClient, make_settings, running_server, wait_for
 from structlog.testing import capture_logs
 
@@ -39,8 +39,7 @@ def test_a_client_that_goes_away_is_not_logged_as_an_aborted_session(backend: st
             peer = FrameClient(server.addresses[0])
             peer.recv_frame()
             # A client process that exits with unread data: the kernel resets the connection.
-            peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            peer.close()
+            rst_close(peer.sock)
         wait_for(lambda: server.sessions_closed == 3, what="three closes")
     aborted = [e for e in logs if e["event"] == "session aborted"]
     assert aborted, "the resets were seen"
@@ -133,7 +132,8 @@ def test_the_framework_prints_no_debug_lines_before_logging_is_configured() -> N
         f"""
         import sys
         sys.path.insert(0, {str(ROOT / "tests")!r})
-        from sessionkit import FrameClient, make_settings, running_server, wait_for
+        from hostile import rst_close
+from sessionkit import FrameClient, make_settings, running_server, wait_for
         from framework.session import Session
         with running_server(make_settings({BACKENDS[0]!r}), Session) as server:
             FrameClient(server.addresses[0]).close()
