@@ -132,8 +132,7 @@ def test_the_framework_prints_no_debug_lines_before_logging_is_configured() -> N
         f"""
         import sys
         sys.path.insert(0, {str(ROOT / "tests")!r})
-        from hostile import rst_close
-from sessionkit import FrameClient, make_settings, running_server, wait_for
+        from sessionkit import FrameClient, make_settings, running_server, wait_for
         from framework.session import Session
         with running_server(make_settings({BACKENDS[0]!r}), Session) as server:
             FrameClient(server.addresses[0]).close()
