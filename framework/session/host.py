@@ -1321,6 +1321,8 @@ class SessionHost:
             input_buffered_bytes=self._in_bytes,
             handler_errors_total=self.handler_errors,
             protocol_errors_total=self.protocol_errors,
+            recv_deferred_total=self.recv_deferred,
+            stale_completions_total=self.registry.stale_completions,
             backend=ps.backend,
             registered_sockets=ps.active_connections,
             operations_in_flight=ps.pending_operations,
