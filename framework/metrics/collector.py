@@ -214,6 +214,18 @@ class HostCollector(Collector):
             "Sockets registered with the provider (listeners included).",
             ps.active_connections if ps is not None else None,
         )
+        provided = _gauge(
+            "raon_provider_buffers",
+            "Receive memory the provider picks on arrival (io_uring's buffer ring): buffers in_use "
+            "(lent to data not yet consumed) and total (the ring's size; absent elsewhere).",
+            labels=("state",),
+        )
+        if ps is not None:
+            specific = ps.backend_specific
+            provided.add_metric(["in_use"], specific.get("provided_buffers_in_use", 0))
+            if specific.get("provided_buffer_count"):
+                provided.add_metric(["total"], specific["provided_buffer_count"])
+        yield provided
         pool = _gauge(
             "raon_buffer_pool_buffers",
             "Receive-buffer pool: buffers in_use (lent to receives) and capacity (allocated).",
