@@ -21,7 +21,16 @@ import msgpack
 import pexpect
 import pytest
 from hostile import rst_close
-from sessionkit import BACKENDS, WAIT_S, FrameClient, frame, make_settings, running_server, wait_for
+from sessionkit import (
+    BACKENDS,
+    SESSION_BACKENDS,
+    WAIT_S,
+    FrameClient,
+    frame,
+    make_settings,
+    running_server,
+    wait_for,
+)
 
 from framework.metrics.docs import example_server, markdown, sample_names
 from framework.metrics.top import Node, parse, quantile, render
@@ -78,7 +87,7 @@ def metrics_settings(backend: str, **sections: Any) -> Any:
     return make_settings(backend, metrics={"listen": "127.0.0.1:0", "health_stall_s": 1.0}, **sections)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", SESSION_BACKENDS)
 def test_counters_follow_the_traffic_and_every_close_path(backend: str) -> None:
     with running_server(metrics_settings(backend), Scripted) as server:
         before = scrape(server)
