@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: setup system-deps serve test lint fuzz soak bench loadtest sanitize clean
+.PHONY: setup system-deps serve top test lint fuzz soak bench loadtest sanitize clean
 
 # liburing-dev lets the io_uring backend build; without it (or without apt) everything still
 # installs and the io_uring backend reports itself unavailable.
@@ -25,8 +25,17 @@ $(STAMP): pyproject.toml setup.py
 
 setup: $(STAMP)
 
+# Without CONFIG: console logs for humans (a CONFIG file keeps its own format, JSON in production) and
+# metrics on METRICS (for `make top`; METRICS= turns them off).
+METRICS ?= 127.0.0.1:9177
 serve: $(STAMP)
+	$(if $(or $(CONFIG),$(FRAMEWORK_LOGGING__FORMAT)),,FRAMEWORK_LOGGING__FORMAT=console) \
+	$(if $(and $(METRICS),$(if $(CONFIG),,1)),FRAMEWORK_METRICS__LISTEN=$(METRICS)) \
 	$(PY) -m examples.gameserver $(if $(CONFIG),--config $(CONFIG),)
+
+# Live view of a running server's metrics (`make serve` in another terminal).
+top: $(STAMP)
+	$(PY) -m framework top --url http://$(METRICS)/metrics
 
 # Load test: starts the game server, runs locust headless (a progress line every 3 s), writes
 # reports/loadtest/, stops the server. SPAWN (users started per second) defaults to USERS/10, at

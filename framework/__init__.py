@@ -28,6 +28,33 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+def _quiet_unconfigured_logging() -> None:
+    """Until the application calls `configure_logging`, structlog's defaults would print every
+    record, debug included, to stdout: a script or test importing the framework would get
+    `session closed` lines mixed into its output. Keep the defaults but drop debug records and
+    write to stderr. (`structlog.testing.capture_logs` replaces the processors, so tests still see
+    debug events.)"""
+    import sys
+
+    import structlog
+
+    if structlog.is_configured():
+        return
+
+    def drop_debug(_logger: Any, method_name: str, event_dict: Any) -> Any:
+        if method_name == "debug":
+            raise structlog.DropEvent
+        return event_dict
+
+    structlog.configure(
+        processors=[drop_debug, *structlog.get_config()["processors"]],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+_quiet_unconfigured_logging()
+
+
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:

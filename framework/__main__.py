@@ -1,10 +1,12 @@
-"""Command line: `python -m framework serve|check-config|backends`.
+"""Command line: `python -m framework serve|check-config|backends|top`.
 
 - `serve --app module:SessionClass [--config FILE]` serves any `Session` subclass (the embedded
   default config when no file is given) until SIGINT/SIGTERM; exit status 0 after a clean drain.
 - `check-config FILE [--app module:SessionClass]` validates a deployment file (and, with --app, the
   application's `app:` section); exit status 1 and the reason when invalid.
 - `backends` lists every I/O backend: available here, or why not, and which one "auto" picks.
+- `top --url http://host:port/metrics [--url ...]` is a live terminal view of running servers
+  (their `metrics.listen` endpoints; docs/METRICS.md).
 
 Application hooks (optional classmethods on the session class), so an app fails before it listens
 rather than at its first connection: `check_settings(settings)` raises `ValueError` with a readable
@@ -156,6 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_check.set_defaults(func=_cmd_check_config)
     p_back = sub.add_parser("backends", help="list I/O backends and why any is unavailable")
     p_back.set_defaults(func=_cmd_backends)
+    p_top = sub.add_parser("top", help="live view of servers' /metrics", add_help=False)
+    p_top.set_defaults(func=None)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["top"]:  # its own parser (framework.metrics.top) takes the rest
+        from framework.metrics.top import main as top_main
+
+        return top_main(argv[1:])
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -364,11 +364,44 @@ class StatsSettings(_Section):
     """Periodic statistics in the log."""
 
     interval_s: float = Field(
-        default=10.0,
+        default=60.0,
         ge=0,
-        description="Seconds between structured stats records (sessions, frames/s, bytes/s, backend "
-        "statistics); 0 = off.",
+        description="Seconds between structured stats records (sessions, sessions opened/closed, "
+        "frames/s, bytes/s over the interval); 0 = off. For live figures use `metrics`.",
     )
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """`"host:port"` or `"[v6]:port"` -> (host, port); raises ValueError saying what is expected."""
+    host, sep, port_text = value.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f'must look like "host:port" (e.g. "127.0.0.1:9177", "[::1]:9177"), got {value!r}')
+    return host, int(port_text)
+
+
+class MetricsSettings(_Section):
+    """Prometheus metrics, health and readiness endpoints (docs/METRICS.md)."""
+
+    listen: str | None = Field(
+        default=None,
+        description='"host:port" of the HTTP endpoint serving /metrics, /healthz and /readyz; null = off. '
+        "With workers > 1, worker i listens on port + i (port 0: each picks a free port).",
+    )
+    health_stall_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="/healthz answers 503 once the loop has not turned for this long (a handler "
+        "blocking it, a deadlock).",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
+        return value
 
 
 class Settings(BaseSettings):
@@ -385,6 +418,9 @@ class Settings(BaseSettings):
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings, description="Graceful shutdown.")
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Log output.")
     stats: StatsSettings = Field(default_factory=StatsSettings, description="Periodic statistics.")
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="Prometheus metrics and health endpoints."
+    )
     app: dict[str, Any] = Field(
         default={},
         description="Free-form section for the application, which validates it with its own model "
@@ -464,7 +500,10 @@ logging:
   format: json
   level: INFO
 stats:
-  interval_s: 10.0
+  interval_s: 60.0
+metrics:
+  listen: null
+  health_stall_s: 5.0
 app:
   # The example game server (examples/gameserver) validates these with its own model.
   tick_hz: 20

@@ -96,12 +96,15 @@ def configure_logging(
 
 
 def reset_logging() -> None:
-    """Undo `configure_logging`: remove its handler and restore structlog's defaults (for tests)."""
+    """Undo `configure_logging`: remove its handler and restore the unconfigured default (for tests)."""
     global _handler
     if _handler is not None:
         logging.getLogger().removeHandler(_handler)
         _handler = None
     structlog.reset_defaults()
+    import framework
+
+    framework._quiet_unconfigured_logging()  # back to the framework's unconfigured default
 
 
 def get_logger(name: str, **initial_values: Any) -> structlog.stdlib.BoundLogger:

@@ -212,3 +212,18 @@ def test_any_split_of_a_stream_decodes_the_same(msgs: list[object], cuts: list[i
     dec.feed(data[pos:], out)
     assert out == msgs
     assert dec.buffered == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        (b"\xc1", r"FormatError: a byte that starts no msgpack type .*payload starts c1\)"),
+        (b"\x91" * 2000 + b"\x00", r"StackError: values nested deeper .*payload starts 91 91"),
+        (b"\xd9\x05ab", r"the 4-byte payload ends inside a value \(truncated\).*d9 05 61 62"),
+        (b"\x01\x02\x03", r"2 extra bytes after a 1-byte message"),
+    ],
+)
+def test_malformed_msgpack_says_what_was_malformed(payload: bytes, says: str) -> None:
+    # FormatError and StackError carry an empty message: "malformed msgpack: " alone says nothing.
+    with pytest.raises(ProtocolError, match="malformed msgpack: " + says):
+        msgpack_decoder().feed(HEADER.pack(len(payload)) + payload, [])

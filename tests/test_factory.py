@@ -23,6 +23,7 @@ def test_auto_picks_io_uring_or_epoll_on_linux():
     p.shutdown()
     chosen = [e for e in logs if e["event"] == "io backend selected"]
     assert chosen and chosen[-1]["backend"] == p.name and chosen[-1]["requested"] == "auto"
+    assert chosen[-1]["log_level"] == "info"  # "auto" walking its chain is expected
 
 
 @linux_only
@@ -93,6 +94,7 @@ def test_unavailable_backend_with_fallback_falls_back_and_logs():
     [entry] = [e for e in logs if e["event"] == "io backend selected"]
     assert entry["backend"] == p.name and entry["requested"] == "kqueue"
     assert f"kqueue: {info.value.reason}" in entry["skipped"]
+    assert entry["log_level"] == "warning"  # running on another backend than configured
 
 
 def test_every_chain_member_is_registered():

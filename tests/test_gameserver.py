@@ -670,6 +670,31 @@ def script_summary(text: str) -> dict[str, dict[str, str]]:
     return rows
 
 
+def test_bot_treats_a_server_shutdown_as_a_clean_end():
+    # The server says "shutdown" to every session, drains and closes: that ends the bots' run
+    # early with exit status 0, not one error per lost connection.
+    srv = RunningServer(BACKENDS[0])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "examples.gameserver.bot", "--count", "4", "--room-size", "2",
+         "--host", srv.host, "--port", str(srv.port), "--duration", "60", "--seed", "2"],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and len(srv.server.registry) < 4:
+            time.sleep(0.05)
+        assert len(srv.server.registry) == 4
+        time.sleep(0.3)
+        srv.stop()
+        out, _ = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+    assert "errors=0" in out.splitlines()[-2] and "a clean end" in out, out
+
+
 @pytest.mark.slow
 @needs_posix_signals  # loadtests/run.py stops the server with SIGTERM and wants exit status 0
 def test_make_loadtest_on_a_chosen_port_shows_live_progress_and_one_set_of_final_numbers(tmp_path):

@@ -2,6 +2,8 @@
 
 Prints "ready <port>" on stdout once listening (the benchmark harness waits for it). The named backend
 is used without fallback, so a benchmark never measures another backend under this one's name.
+`FRAMEWORK_*` environment overrides apply as for any deployment: `FRAMEWORK_METRICS__LISTEN=127.0.0.1:9300`
+serves /metrics while benchmarking (the cost of metrics on; docs/METRICS.md).
 """
 
 from __future__ import annotations

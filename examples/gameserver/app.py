@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 import structlog
+from msgpack import packb
 from pydantic import ValidationError
 
 from examples.gameserver.game import (
@@ -35,6 +36,7 @@ log = structlog.get_logger("gameserver")
 
 _APP_ATTR = "_gameserver_app"
 _RATE_KEYS = ("moves", "chats", "snapshots", "errors", "joins", "requests")
+_TICK_SAMPLE_MASK = 7
 
 
 class AppSettingsError(ValueError):
@@ -67,10 +69,18 @@ class GameApp:
         self._timers: dict[str, Any] = {}
         self._last = dict.fromkeys(_RATE_KEYS, 0)
         self._last_t = time.monotonic()
+        self.snapshot_bytes = 0  # snapshot payload bytes encoded (once per room tick, not per member)
+        self._tick_timer: Any = None  # the game's tick-duration histogram, when metrics are on
+        self._ticks = 0
         # Room and stats timers live on the server's loop and end with it.
         interval = server.settings.stats.interval_s
         if interval > 0:
             server.call_every(interval, self.log_stats)
+        metrics = getattr(server, "metrics", None)
+        if metrics is not None:
+            from examples.gameserver.metrics import register
+
+            self._tick_timer = register(self, metrics)
 
     @classmethod
     def of(cls, server: Any) -> GameApp:
@@ -114,9 +124,22 @@ class GameApp:
                 log.debug("room closed", room=effect.room, rooms=len(self.game.rooms))
 
     def tick(self, room: str) -> None:
+        timer = self._tick_timer
+        if timer is not None:
+            self._ticks += 1
+            if not self._ticks & _TICK_SAMPLE_MASK:  # one tick in 8 is timed (cheap metrics)
+                t0 = time.perf_counter()
+                self._tick(room)
+                timer.observe(time.perf_counter() - t0)
+                return
+        self._tick(room)
+
+    def _tick(self, room: str) -> None:
         snapshot = self.game.tick(room)
         if snapshot is not None:
-            self.server.registry.group(_group(room)).broadcast(snapshot)
+            payload = packb(snapshot)  # encoded once for every member
+            self.snapshot_bytes += len(payload)
+            self.server.registry.group(_group(room)).broadcast_frame(payload)
 
     # --- sessions ----------------------------------------------------------------------------
     def connect(self, session: GameSession) -> int:

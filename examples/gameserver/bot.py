@@ -4,7 +4,8 @@ Each bot connects, says hello, joins (creating when needed) a room shared with u
 others, then moves (10 inputs/s: wandering directions and targets), chats every few seconds and
 pings every second. One thread drives every bot with `selectors` over non-blocking sockets. Live
 stats print every second; the run stops by itself after `--duration` seconds and exits 0 only when
-every bot connected and nothing went wrong (no error message, no lost connection).
+every bot connected and nothing went wrong (no error message, no lost connection). A server that
+shuts down (its `shutdown` message, then the close) ends the run early and cleanly: exit status 0.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Totals:
     bytes_in: int = 0
     bytes_out: int = 0
     errors: int = 0
+    server_shutdown: bool = False  # the server said "shutdown": closes from then on are expected
     error_samples: list[str] = field(default_factory=list)
     rtts_ms: list[float] = field(default_factory=list)  # this report interval
     all_rtts_ms: list[float] = field(default_factory=list)  # the whole run (bounded sample)
@@ -162,7 +164,7 @@ class Bot:
             sel.unregister(self.sock)
             self.sock.close()
             self.sock = None
-        if reason is not None and self.state != "closed":
+        if reason is not None and self.state != "closed" and not self.totals.server_shutdown:
             self.fail(reason)
         self.state = "closed"
 
@@ -194,6 +196,8 @@ class Bot:
             self.next_chat = now + jitter * CHAT_INTERVAL + 1.0
         elif kind == "error":
             t.error(f"{self.name}: {msg.get('code')}: {msg.get('message')}")
+        elif kind == "shutdown":
+            t.server_shutdown = True
 
     def act(self, now: float, sel: selectors.BaseSelector) -> None:
         rng = self.rng
@@ -252,9 +256,11 @@ def run(
             now = time.monotonic()
             if now >= end:
                 break
+            if totals.server_shutdown and all(bot.sock is None for bot in bots[:started]):
+                break  # the server shut down and closed every bot: a clean end
             # Ramp up: start bots at spawn_rate per second.
             due = min(count, int((now - start) * spawn_rate) + 1)
-            while started < due:
+            while started < due and not totals.server_shutdown:
                 bots[started].start(host, port, sel)
                 started += 1
             for key, mask in sel.select(timeout=0.01):
@@ -267,16 +273,16 @@ def run(
                 next_report += 1.0
                 _report(totals, last, now, now - start, count, out)
         stuck = sum(1 for bot in bots[:started] if bot.state not in ("playing", "closed"))
-        if stuck:
+        if stuck and not totals.server_shutdown:
             totals.error(f"{stuck} bots connected but never got into a room")
     finally:
         for bot in bots:
             bot.close(sel)
         sel.close()
     missing = count - started
-    if missing:
+    if missing and not totals.server_shutdown:
         totals.error(f"{missing} bots never started")
-    _report(totals, last, time.monotonic(), duration, count, out, final=True)
+    _report(totals, last, time.monotonic(), min(duration, time.monotonic() - start), count, out, final=True)
     return totals
 
 
@@ -304,6 +310,8 @@ def _report(
             file=out,
             flush=True,
         )
+        if totals.server_shutdown:
+            print("  the server shut down (its shutdown message, then the close): a clean end", file=out)
         for sample in totals.error_samples:
             print(f"  error: {sample}", file=out, flush=True)
         return

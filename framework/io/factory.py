@@ -124,6 +124,9 @@ def create_provider(
             skipped.append(f"{candidate}: {exc.reason}")
             continue
         provider = provider_class(candidate)()
-        log.info("io backend selected", backend=candidate, requested=name, skipped=skipped)
+        # Running on another backend than the one configured is worth a warning; "auto" walking
+        # its chain is expected.
+        level = log.warning if name != "auto" and candidate != name else log.info
+        level("io backend selected", backend=candidate, requested=name, skipped=skipped)
         return provider
     raise BackendUnavailable(name, "; ".join(skipped) or "no candidate backend")

@@ -43,7 +43,8 @@ class Client(SessionHost):
         wait: bool = True,
     ) -> Session:
         """Open a session to (host, port). With `wait` (and the loop not running in another
-        thread), drive the loop until connected; raises ConnectionError with the reason on failure.
+        thread), drive the loop until connected; raises ConnectionError with the reason on failure
+        (also when `host` does not resolve, whatever `wait`).
         With wait=False the session is returned at once (`connected` turns True later)."""
         session = super().connect(host, port, session_class, timeout_s=timeout_s)
         if wait and not self._running:
@@ -51,7 +52,9 @@ class Client(SessionHost):
             if not session.connected:
                 if session._state == CONNECTING:
                     self._finalize(session, "connect failed: timeout")
-                raise ConnectionError(f"connect to {host}:{port} failed: {session.close_reason}")
+                # The reason already starts with "connect failed: ": say it once.
+                reason = session.close_reason.removeprefix("connect failed: ")
+                raise ConnectionError(f"connect to {host}:{port} failed: {reason}")
         return session
 
     def serve_forever(self) -> None:

@@ -86,18 +86,40 @@ class MsgpackPayloadDecoder:
             unpacker.feed(payload)
             start = unpacker.tell()
             obj = unpacker.unpack()
-            if unpacker.tell() - start != len(payload):
-                raise ProtocolError("malformed msgpack: extra bytes after the message")
+            used = unpacker.tell() - start
+            if used != len(payload):
+                raise ProtocolError(
+                    f"malformed msgpack: {len(payload) - used} extra bytes after a {used}-byte message"
+                    f"{_excerpt(payload)}"
+                )
             return obj
         except ProtocolError:
             self._unpacker = msgpack.Unpacker(**self._limits)
             raise
         except msgpack.OutOfData:
             self._unpacker = msgpack.Unpacker(**self._limits)
-            raise ProtocolError("malformed msgpack: truncated message") from None
+            raise ProtocolError(
+                f"malformed msgpack: the {len(payload)}-byte payload ends inside a value (truncated)"
+                f"{_excerpt(payload)}"
+            ) from None
         except Exception as exc:  # FormatError, StackError, limit ValueErrors, unhashable keys ...
             self._unpacker = msgpack.Unpacker(**self._limits)
-            raise ProtocolError(f"malformed msgpack: {exc}") from None
+            # msgpack's FormatError and StackError carry no message: say what they mean.
+            detail = str(exc) or _MSGPACK_ERRORS.get(type(exc).__name__, "invalid data")
+            raise ProtocolError(
+                f"malformed msgpack: {type(exc).__name__}: {detail}{_excerpt(payload)}"
+            ) from None
+
+
+_MSGPACK_ERRORS = {
+    "FormatError": "a byte that starts no msgpack type (0xc1 is never valid)",
+    "StackError": "values nested deeper than the decoder allows",
+}
+
+
+def _excerpt(payload: memoryview) -> str:
+    head = bytes(payload[:16]).hex(" ")
+    return f" (payload starts {head}{' ...' if len(payload) > 16 else ''})"
 
 
 def raw_payload(payload: memoryview) -> bytes:

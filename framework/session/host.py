@@ -32,12 +32,14 @@ from framework.session.buffers import Buffer, BufferPool
 from framework.session.codec import HEARTBEAT_FRAME, FrameDecoder, ProtocolError, make_payload_decoder
 from framework.session.context import OpContext
 from framework.session.flow import Flow
+from framework.session.reasons import PEER_CODES, close_code
 from framework.session.registry import SessionRegistry
 from framework.session.session import CLOSED, CLOSING, CONNECTING, OPEN, Session
 
 log = structlog.get_logger("framework.session")
 
 _monotonic = time.monotonic
+_perf_counter = time.perf_counter
 _SUCCESS = Status.SUCCESS
 _DRAIN_LINGER_S = 0.5  # after the last FIN of a shutdown, how long peers get to close their side
 _MAX_ATTEMPTS = 3  # process_completions attempts per loop turn before the loop gives up
@@ -227,6 +229,12 @@ class SessionHost:
         self.idle_timeouts = 0
         self.recv_deferred = 0
         self.provider_failures = 0
+        self.closes: dict[str, int] = {}  # by close code (framework.session.reasons)
+        self.io_errors: dict[str, int] = {}  # sessions ended by a failed I/O operation, by error name
+        # Metrics (framework.metrics) set this to time the next loop turn, and read it back through
+        # turn_observer: one turn in many is timed, so an untimed turn costs one attribute test.
+        self.sample_turn = False
+        self.turn_observer: Callable[[float], Any] | None = None
         self._loop_calls = 0
         self._loop_failures = 0
 
@@ -267,7 +275,7 @@ class SessionHost:
             self.call_every(self._housekeeping_interval(), self._housekeeping)
         interval = float(self.settings.stats.interval_s)
         if interval > 0:
-            self._stats_mark = (self.now, 0, 0, 0, 0)
+            self._stats_mark = (self.now, 0, 0, 0, 0, 0, 0)
             self.call_every(interval, self._log_stats)
         self._started = True
         return provider
@@ -366,10 +374,16 @@ class SessionHost:
         try:
             yielded = task.coro.throw(exc) if exc is not None else task.coro.send(None)
         except StopIteration:
-            self._task_finished(task, None, resumed)
-            return
+            finished = True
         except Exception:
             self._task_finished(task, "on_message", resumed)
+            return
+        else:
+            finished = False
+        if finished:
+            # Outside the except block: handlers run from here (queued messages) must not have
+            # their tracebacks chained to this StopIteration.
+            self._task_finished(task, None, resumed)
             return
         if yielded is None:
             self._ready_tasks.append(task)  # bare yield: run again next turn
@@ -600,7 +614,9 @@ class SessionHost:
                 )
             except OSError:
                 pass
-        log.info("session aborted", session=str(session.id), peer=session.peer, reason=reason)
+        # A peer that resets or vanishes mid-send is ordinary client behaviour, not news.
+        level = log.debug if close_code(reason)[0] in PEER_CODES else log.info
+        level("session aborted", session=str(session.id), peer=session.peer, reason=reason)
         self._finalize(session, reason)
 
     def _finalize(self, session: Session, reason: str) -> None:
@@ -612,6 +628,11 @@ class SessionHost:
         self._closing.discard(session)
         self.registry.remove(session)
         self.sessions_closed += 1
+        code, io_error = close_code(reason)
+        closes = self.closes
+        closes[code] = closes.get(code, 0) + 1
+        if io_error is not None:
+            self.io_errors[io_error] = self.io_errors.get(io_error, 0) + 1
         ctx = session._ctx
         ctx.closed = True
         sock = session._sock
@@ -1273,6 +1294,8 @@ class SessionHost:
             "sessions_with_held_input": len(self._held_ready),
             "idle_timeouts": self.idle_timeouts,
             "recv_deferred": self.recv_deferred,
+            "closes": dict(self.closes),
+            "io_errors": dict(self.io_errors),
             "provided_buffers": self._provided,
             "streams": self._streams,
             "backend": provider.name if provider is not None else None,
@@ -1282,30 +1305,41 @@ class SessionHost:
         return out
 
     def _log_stats(self) -> None:
+        """The periodic stats record (stats.interval_s). Rates are over the interval; each name
+        says what it counts (the provider's registered sockets include the listeners, and its
+        operations in flight the accepts kept posted, so neither is a session count)."""
         now = self.now
-        t0, fi, fo, bi, bo = self._stats_mark
+        t0, fi, fo, bi, bo, so, sc = self._stats_mark
         dt = max(now - t0, 1e-9)
-        self._stats_mark = (now, self.frames_in, self.frames_out, self.bytes_in, self.bytes_out)
+        self._stats_mark = (
+            now, self.frames_in, self.frames_out, self.bytes_in, self.bytes_out,
+            self.sessions_opened, self.sessions_closed,
+        )  # fmt: skip
         ps = self.provider.get_statistics()
         log.info(
             "stats",
+            interval_s=round(dt, 1),
             sessions=len(self.registry),
+            sessions_opened=self.sessions_opened - so,
+            sessions_closed=self.sessions_closed - sc,
             frames_in_per_s=round((self.frames_in - fi) / dt, 1),
             frames_out_per_s=round((self.frames_out - fo) / dt, 1),
             bytes_in_per_s=round((self.bytes_in - bi) / dt),
             bytes_out_per_s=round((self.bytes_out - bo) / dt),
-            stale_completions=self.registry.stale_completions,
-            recv_deferred=self.recv_deferred,
+            input_buffered_bytes=self._in_bytes,
+            handler_errors_total=self.handler_errors,
+            protocol_errors_total=self.protocol_errors,
+            recv_deferred_total=self.recv_deferred,
+            stale_completions_total=self.registry.stale_completions,
             backend=ps.backend,
-            provider={
-                "active_connections": ps.active_connections,
-                "pending_operations": ps.pending_operations,
-                "completed_operations": ps.completed_operations,
-                "failed_operations": ps.failed_operations,
-                "average_latency_ms": round(ps.average_latency_ms, 3),
-                **ps.backend_specific,
-            },
+            registered_sockets=ps.active_connections,
+            operations_in_flight=ps.pending_operations,
+            **self._stats_extra(),
         )
+
+    def _stats_extra(self) -> dict[str, Any]:
+        """More fields for the stats record (the server adds its listeners and posted accepts)."""
+        return {}
 
     # ------------------------------------------------------------------ the loop
     def run_once(self, timeout_ms: int | None = None) -> int:
@@ -1323,6 +1357,10 @@ class SessionHost:
                 timeout_ms = (
                     min(timeout_ms, int(until * 1000) + 1) if timeout_ms >= 0 else int(until * 1000) + 1
                 )
+        sampled = self.sample_turn
+        if sampled:
+            timeout_ms = 0  # the timed turn measures work, not an idle wait for I/O
+            t0 = _perf_counter()
         results = self._results
         n = self.provider.process_completions(timeout_ms, self._batch, results)
         self._loop_calls += 1
@@ -1342,6 +1380,11 @@ class SessionHost:
             self._resume_starved()
         if self._dirty:
             self._flush()
+        if sampled:
+            self.sample_turn = False
+            observer = self.turn_observer
+            if observer is not None:
+                observer(_perf_counter() - t0)
         return n
 
     def _retry_completions(self, results: list[CompletionResult]) -> int:
@@ -1418,7 +1461,12 @@ class SessionHost:
         if not self._started:
             self._open_provider()
         cls = session_class or self.session_class
-        family, type_, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        try:
+            family, type_, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        except socket.gaierror as exc:
+            raise ConnectionError(
+                f"connect to {host}:{port} failed: cannot resolve {host!r}: {exc.strerror}"
+            ) from None
         sock = socket.socket(family, type_, proto)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -97,6 +97,9 @@ def _address_key(peer: Any, sock: socket.socket) -> str | None:
         return address[7:]
     return address
 
+# Why an accepted connection was closed at once (raon_connections_refused_total{reason}).
+REFUSAL_REASONS = ("max_connections", "per_address", "shutting_down", "register_failed")
+
 
 class _Listener:
     __slots__ = ("address", "backoff", "closed", "ops", "retry", "sock", "target")
@@ -131,6 +134,9 @@ class Server(SessionHost):
         self.rate_limited = 0  # messages dropped by a rate limit
         self.rate_limit_replies = 0
         self.rate_limit_closes = 0
+        self.accepted = 0  # connections the kernel handed over (refused ones included)
+        self.refused = 0  # refused for max_connections
+        self.refused_by_reason = dict.fromkeys(REFUSAL_REASONS, 0)
         self.accept_errors = 0
         self.drained = 0
         self.forced = 0
@@ -145,6 +151,13 @@ class Server(SessionHost):
         self._limits_for(session_class)  # a bad `rate_limits` class attribute fails here, not later
         self._signal_received = 0
         self._parent_pid = 0  # a worker process: shut down if this parent goes away
+        # Prometheus metrics and health endpoints (metrics.listen; docs/METRICS.md). Built here so an
+        # application's setup_server() can register its own metrics before the server starts.
+        self.metrics: Any = None
+        if settings.metrics.listen is not None:
+            from framework.metrics import Metrics
+
+            self.metrics = Metrics(self)
 
     # ------------------------------------------------------------------ start
     def start(self) -> list[tuple[str, int]]:
@@ -183,6 +196,8 @@ class Server(SessionHost):
             self.call_every(max(0.02, min(1.0, timeout / 4)), self._check_first_messages)
         if self._parent_pid:
             self.call_every(1.0, self._check_parent)
+        if self.metrics is not None:
+            self.metrics.start()
         log.info(
             "listening",
             addresses=[f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses],
@@ -262,7 +277,9 @@ class Server(SessionHost):
             self._post_accept(listener)
 
     def _accepted(self, sock: socket.socket, peer: Any) -> None:
+        self.accepted += 1
         if self._stopping:
+            self.refused_by_reason["shutting_down"] += 1
             sock.close()
             return
         per_address = self._per_address_limit
@@ -271,6 +288,7 @@ class Server(SessionHost):
             count = self._per_address.get(address)
             if count is not None and count.n >= per_address:
                 self.refused_per_address += 1
+                self.refused_by_reason["per_address"] += 1
                 sock.close()
                 self._log_throttled(
                     "connection refused: per-address limit reached",
@@ -282,6 +300,7 @@ class Server(SessionHost):
         limit = self.settings.io.max_connections
         if len(self.registry) >= limit and not self._reclaim_slot(peer):
             self.refused += 1
+            self.refused_by_reason["max_connections"] += 1
             sock.close()
             self._log_throttled(
                 "connection refused: max_connections reached",
@@ -304,6 +323,7 @@ class Server(SessionHost):
             )
             self.registry.remove(session)
             session._state = CLOSED
+            self.refused_by_reason["register_failed"] += 1
             sock.close()
             return
         # Admission bookkeeping, undone in _finalize. The count object is shared by every session
@@ -528,12 +548,15 @@ class Server(SessionHost):
                 stale_completions=self.registry.stale_completions,
             )
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             self._done.set()
 
     @property
     def stats(self) -> dict[str, Any]:
         out = super().stats
         out.update(
+            accepted=self.accepted,
             refused=self.refused,
             refused_per_address=self.refused_per_address,
             evicted=self.evicted,
@@ -541,10 +564,19 @@ class Server(SessionHost):
             rate_limited=self.rate_limited,
             rate_limit_replies=self.rate_limit_replies,
             rate_limit_closes=self.rate_limit_closes,
+            refused_by_reason=dict(self.refused_by_reason),
+            draining=self._stopping or self._shutdown_requested,
             accept_errors=self.accept_errors,
             accepts_posted=sum(len(listener.ops) for listener in self._listeners),
         )
         return out
+
+    def _stats_extra(self) -> dict[str, Any]:
+        return {
+            "listeners": sum(1 for listener in self._listeners if not listener.closed),
+            "accepts_posted": sum(len(listener.ops) for listener in self._listeners),
+            "refused_total": self.refused,
+        }
 
     # ------------------------------------------------------------------ workers
     def _supervise(self) -> int:
@@ -575,7 +607,7 @@ class Server(SessionHost):
                 try:
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
                     signal.signal(signal.SIGINT, signal.SIG_DFL)
-                    worker = Server(child_settings, self.session_class)
+                    worker = Server(worker_settings(child_settings, index), self.session_class)
                     worker._parent_pid = parent_pid
                     code = worker.run()
                 except BaseException:
@@ -642,3 +674,19 @@ class Server(SessionHost):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         return sock
+
+
+def worker_settings(settings: Any, index: int) -> Any:
+    """Worker `index`'s settings: each worker serves its own metrics on metrics.listen's port +
+    index (docs/METRICS.md), since each has its own loop and counters; port 0 stays 0 (any)."""
+    listen = settings.metrics.listen
+    if listen is None:
+        return settings
+    from framework.config import split_listen
+
+    host, port = split_listen(listen)
+    if port:
+        port += index
+    bracketed = f"[{host}]" if ":" in host else host
+    metrics = settings.metrics.model_copy(update={"listen": f"{bracketed}:{port}"})
+    return settings.model_copy(update={"metrics": metrics})
