@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import pexpect
 import pytest
 from hostile import rst_close
 from sessionkit import (
@@ -153,6 +152,10 @@ def test_idle_timeout_and_max_connections_refusal_are_counted() -> None:
     settings = metrics_settings(BACKENDS[0], session={"idle_timeout_s": 0.3}, io={"max_connections": 1})
     with running_server(settings, Scripted) as server:
         first = FrameClient(server.addresses[0])
+        # A session that has spoken is never evicted for a newcomer (slot reclaim takes only
+        # unauthenticated ones), so the second connection is refused.
+        first.send("hello")
+        wait_for(lambda: value(scrape(server), "raon_frames_received_total") >= 1, what="first message")
         wait_for(lambda: value(scrape(server), "raon_sessions", state="open") == 1, what="first session")
         second = FrameClient(server.addresses[0])  # over max_connections: closed at once
         assert second.closed_by_peer()
@@ -264,10 +267,7 @@ def test_game_metrics_show_rooms_players_and_snapshots() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="workers: N forks")
 def test_each_worker_serves_its_own_endpoint(tmp_path: Path) -> None:
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    base = probe.getsockname()[1]
-    probe.close()
+    base = _two_free_ports()
     config = tmp_path / "two.yaml"
     config.write_text(
         "server:\n  hosts: [127.0.0.1]\n  port: 0\n  workers: 2\n"
@@ -289,6 +289,20 @@ def test_each_worker_serves_its_own_endpoint(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 0, err[-2000:]
     assert worker_settings(load_two(config), 1).metrics.listen == f"127.0.0.1:{base + 1}"
+
+
+def _two_free_ports() -> int:
+    """A port p with p and p + 1 both free on 127.0.0.1 (worker i serves on base + i)."""
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            base = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", base + 1))
+            except OSError:
+                continue
+            return base
+    raise AssertionError("no two consecutive free loopback ports")
 
 
 def load_two(path: Path) -> Any:
@@ -340,8 +354,10 @@ def test_close_reasons_map_to_a_fixed_set_of_codes(reason: str, code: tuple[str,
 
 
 # ------------------------------------------------------------------------------------------ top
-@pytest.mark.skipif(not hasattr(pexpect, "spawn"), reason="pexpect.spawn needs a POSIX pseudo-terminal")
+@pytest.mark.skipif(sys.platform == "win32", reason="pexpect.spawn needs a POSIX pseudo-terminal")
 def test_top_renders_a_frame_in_a_pseudo_terminal() -> None:
+    import pexpect  # here: it imports `resource`, which a Windows collection must not need
+
     from examples.gameserver.app import GameSession
     from examples.gameserver.client import GameClient
 
