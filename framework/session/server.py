@@ -127,15 +127,12 @@ class Server(SessionHost):
         self._shutdown_requested = False
         self._stopping = False
         self._done = threading.Event()
-        self.refused = 0
-        self.refused_per_address = 0
         self.evicted = 0
         self.first_message_timeouts = 0
         self.rate_limited = 0  # messages dropped by a rate limit
         self.rate_limit_replies = 0
         self.rate_limit_closes = 0
         self.accepted = 0  # connections the kernel handed over (refused ones included)
-        self.refused = 0  # refused for max_connections
         self.refused_by_reason = dict.fromkeys(REFUSAL_REASONS, 0)
         self.accept_errors = 0
         self.drained = 0
@@ -276,6 +273,25 @@ class Server(SessionHost):
             log.info("accept failed; continuing", address=listener.address, error_code=code)
             self._post_accept(listener)
 
+    def _refuse(self, sock: socket.socket, reason: str, what: str, peer: Any, **limits: int) -> None:
+        """Close an accepted connection at once: counted by reason, logged ("connection refused:
+        <what>") at most once a second per kind under a flood."""
+        self.refused_by_reason[reason] += 1
+        sock.close()
+        self._log_throttled(
+            f"connection refused: {what}", peer=peer, refused_total=self.refused_by_reason[reason], **limits
+        )
+
+    @property
+    def refused(self) -> int:
+        """Connections refused because max_connections was reached (and no slot could be reclaimed)."""
+        return self.refused_by_reason["max_connections"]
+
+    @property
+    def refused_per_address(self) -> int:
+        """Connections refused by server.max_connections_per_address."""
+        return self.refused_by_reason["per_address"]
+
     def _accepted(self, sock: socket.socket, peer: Any) -> None:
         self.accepted += 1
         if self._stopping:
@@ -287,27 +303,13 @@ class Server(SessionHost):
         if address is not None:
             count = self._per_address.get(address)
             if count is not None and count.n >= per_address:
-                self.refused_per_address += 1
-                self.refused_by_reason["per_address"] += 1
-                sock.close()
-                self._log_throttled(
-                    "connection refused: per-address limit reached",
-                    peer=peer,
-                    max_connections_per_address=per_address,
-                    refused_total=self.refused_per_address,
+                self._refuse(
+                    sock, "per_address", "per-address limit reached", peer, max_connections_per_address=per_address
                 )
                 return
         limit = self.settings.io.max_connections
         if len(self.registry) >= limit and not self._reclaim_slot(peer):
-            self.refused += 1
-            self.refused_by_reason["max_connections"] += 1
-            sock.close()
-            self._log_throttled(
-                "connection refused: max_connections reached",
-                peer=peer,
-                max_connections=limit,
-                refused_total=self.refused,
-            )
+            self._refuse(sock, "max_connections", "max_connections reached", peer, max_connections=limit)
             return
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
