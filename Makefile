@@ -52,7 +52,7 @@ loadtest: $(STAMP)
 
 # Benchmarks against asyncio and uvloop (needs gcc and taskset; minutes). BENCH_ARGS=--quick for a smoke run.
 bench: $(STAMP)
-	$(PY) -m benchmarks.run $(BENCH_ARGS)
+	$(PY) -m benchmarks.run $(if $(PORT),--port $(PORT),) $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -204,10 +204,18 @@ def pinning() -> tuple[list[str], list[str], str]:
 # ---- servers, and the framework at a baseline git ref ----
 
 
+METRICS = "+metrics"  # a framework server with its Prometheus endpoint on, scraped every second
+
+
 def split_server(name: str) -> tuple[str, str | None]:
-    """Split a server name: `io_uring@b280653` -> ("io_uring", "b280653"); `uvloop` -> ("uvloop", None)."""
+    """Split a server name: `io_uring@b280653` -> ("io_uring", "b280653"); `uvloop` -> ("uvloop", None);
+    `epoll+metrics` -> ("epoll", None)."""
     base, _, ref = name.partition("@")
-    return base, ref or None
+    return base.removesuffix(METRICS), ref or None
+
+
+def metrics_on(name: str) -> bool:
+    return name.partition("@")[0].endswith(METRICS)
 
 
 def is_framework(name: str) -> bool:
@@ -302,13 +310,13 @@ def server_availability(names: list[str], trees: dict[str, RefTree]) -> dict[str
         ref = split_server(name)[1]
         if ref is not None:
             reason = ref_server_problem(name, trees[ref])
-        elif name in FRAMEWORK_BACKENDS:
+        elif split_server(name)[0] in FRAMEWORK_BACKENDS:
             try:
                 from framework.io.errors import BackendUnavailable
                 from framework.io.factory import check_available
 
                 try:
-                    check_available(name)
+                    check_available(split_server(name)[0])
                 except BackendUnavailable as exc:
                     reason = f"backend unavailable: {exc.reason}"
             except Exception as exc:  # the framework itself failed to import
@@ -324,13 +332,13 @@ def server_availability(names: list[str], trees: dict[str, RefTree]) -> dict[str
     return out
 
 
-def server_command(name: str, wl: Workload) -> list[str]:
+def server_command(name: str, wl: Workload, port: int = 0) -> list[str]:
     py = sys.executable
     base, _ = split_server(name)
     if base in FRAMEWORK_BACKENDS:
-        cmd = [py, "-m", "examples.echo", "--backend", base, "--port", "0"]
+        cmd = [py, "-m", "examples.echo", "--backend", base, "--port", str(port)]
     else:
-        cmd = [py, "-m", "benchmarks.baselines", "--loop", name, "--port", "0"]
+        cmd = [py, "-m", "benchmarks.baselines", "--loop", name, "--port", str(port)]
     cmd += ["--host", "127.0.0.1"]
     if wl.mode == "broadcast":
         cmd += ["--broadcast-hz", str(wl.hz), "--payload", str(wl.payload)]
@@ -343,8 +351,11 @@ def server_command(name: str, wl: Workload) -> list[str]:
 class ServerProcess:
     """A server subprocess; `start()` waits for its "ready <port>" line."""
 
-    def __init__(self, cmd: list[str], log_path: Path, tree: RefTree | None = None) -> None:
+    def __init__(
+        self, cmd: list[str], log_path: Path, tree: RefTree | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.cmd = cmd
+        self.env = env or {}  # on top of server_env(tree)
         self.log_path = log_path
         self.tree = tree  # run the framework at this ref (cwd and PYTHONPATH), else this checkout
         self.proc: subprocess.Popen[bytes] | None = None
@@ -354,7 +365,7 @@ class ServerProcess:
         cwd = self.tree.path if self.tree is not None else ROOT
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                self.cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=log, env=server_env(self.tree),
+                self.cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=log, env={**server_env(self.tree), **self.env},
                 start_new_session=True,
             )  # fmt: skip
         assert self.proc.stdout is not None
@@ -418,11 +429,20 @@ def measure(
     client_pin: list[str],
     log_dir: Path,
     tree: RefTree | None = None,
+    port: int = 0,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"server": server, "workload": wl.name, **asdict(wl), "ok": False}
-    srv = ServerProcess(server_pin + server_command(server, wl), log_dir / f"{wl.name}-{server}.log", tree)
+    env: dict[str, str] = {}
+    scraper: Scraper | None = None
+    if metrics_on(server):
+        scraper = Scraper(free_port())
+        env["FRAMEWORK_METRICS__LISTEN"] = f"127.0.0.1:{scraper.port}"
+    log = log_dir / f"{wl.name}-{server}.log"
+    srv = ServerProcess(server_pin + server_command(server, wl, port), log, tree, env)
     try:
         srv.start()
+        if scraper is not None:
+            scraper.start()
         cmd = [
             *client_pin, str(loadgen), "--port", str(srv.port), "--mode", wl.mode, "--conns", str(wl.conns),
             "--inflight", str(wl.inflight), "--payload", str(wl.payload if wl.mode in ("echo", "fair") else 64),
@@ -442,11 +462,63 @@ def measure(
             raise RuntimeError(f"load client did not finish: {proc.stderr.strip()[-400:]}")
         row.update(summarise(wl, client))
         row["ok"] = True
+        if scraper is not None:
+            row["scrapes"] = scraper.stop()
+            if not row["scrapes"]:
+                raise RuntimeError(f"no metrics scrape answered on port {scraper.port}: {srv.log_tail()}")
     except Exception as exc:
         row["error"] = str(exc)
     finally:
+        if scraper is not None:
+            scraper.stop()
         srv.stop()
     return row
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Scraper:
+    """Scrapes a server's /metrics once a second, as Prometheus would, while a measurement runs (its
+    cost lands in the server's CPU time, where it belongs)."""
+
+    def __init__(self, port: int, interval_s: float = 1.0) -> None:
+        import threading
+
+        self.port = port
+        self.interval_s = interval_s
+        self.ok = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-scraper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        while True:  # one scrape at once, then one a second
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    response.read()
+                self.ok += 1
+            except OSError:
+                pass
+            if self._stop.wait(self.interval_s):
+                return
+
+    def stop(self) -> int:
+        """Stop scraping; the number of scrapes that answered."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        return self.ok
 
 
 def summarise(wl: Workload, c: dict[str, Any]) -> dict[str, Any]:
@@ -511,18 +583,23 @@ def f1_verdict(rows: list[dict[str, Any]], backends: list[str]) -> dict[str, Any
     }
 
 
-def vs_ref(rows: list[dict[str, Any]], servers: list[str], workload_names: list[str]) -> dict[str, Any]:
-    """For every `backend@REF` row: each workload's main metric now ÷ at REF (same run)."""
+def vs_ref(
+    rows: list[dict[str, Any]], servers: list[str], workload_names: list[str], metrics: bool = False
+) -> dict[str, Any]:
+    """For every `backend@REF` row: each workload's main metric now ÷ at REF (same run). With
+    `metrics`, for every `backend+metrics` row: metrics on ÷ off instead (same run)."""
     out: dict[str, Any] = {}
     modes = {r["workload"]: r["mode"] for r in rows}
     for server in servers:
         base, ref = split_server(server)
-        if ref is None or base not in servers:
+        wanted = metrics_on(server) if metrics else ref is not None
+        if not wanted or base not in servers:
             continue
         cells: dict[str, Any] = {}
         for wl in workload_names:
             key = main_key(modes.get(wl, ""))
-            now, then = metric(rows, base, wl, key), metric(rows, server, wl, key)
+            plain, other = metric(rows, base, wl, key), metric(rows, server, wl, key)
+            now, then = (other, plain) if metrics else (plain, other)
             cells[wl] = {"metric": key, "now": now, "ref": then,
                          "ratio": now / then if now is not None and then else None}  # fmt: skip
         out[server] = cells
@@ -576,7 +653,8 @@ def analyse(
     verdict["F1"] = f1_verdict(rows, fw)
     return {"ratios_to_uvloop": ratios, "sweep_conns": sweep, "sweep_us_per_frame": curves,
             "scaling_last_over_first": scaling, "targets": verdict,
-            "vs_ref": vs_ref(rows, servers, workload_names)}  # fmt: skip
+            "vs_ref": vs_ref(rows, servers, workload_names),
+            "metrics_on_vs_off": vs_ref(rows, servers, workload_names, metrics=True)}  # fmt: skip
 
 
 def _fmt(v: Any, spec: str = ".1f") -> str:
@@ -733,6 +811,21 @@ def render_markdown(report: dict[str, Any]) -> str:
         for w in report["workloads"]:
             cells = " | ".join(_fmt(a["vs_ref"][s].get(w["name"], {}).get("ratio"), ".2f") for s in refs)
             lines.append(f"| {w['name']} | {cells} |")
+    if a.get("metrics_on_vs_off"):
+        on = list(a["metrics_on_vs_off"])
+        lines += [
+            "",
+            "Metrics on (/metrics scraped every second) ÷ off, same run (µs/frame; M1: KB/conn;"
+            " F1: bystander p99; goal ≤ 1.03 on E1 and B1):",
+            "",
+            "| workload | " + " | ".join(f"{s} ÷ {split_server(s)[0]}" for s in on) + " |",
+            "|---|" + "---:|" * len(on),
+        ]
+        for w in report["workloads"]:
+            cells = " | ".join(
+                _fmt(a["metrics_on_vs_off"][s].get(w["name"], {}).get("ratio"), ".2f") for s in on
+            )
+            lines.append(f"| {w['name']} | {cells} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -804,6 +897,7 @@ def run_benchmark(
     rounds: int = 1,
     only: list[str] | None = None,
     f1_inflight: int | None = None,
+    port: int = 0,
 ) -> dict[str, Any]:
     """Measure `servers` (names as in --servers, `backend@REF` included) on the workloads (all, or
     those named in `only`) and write DIR/latest.{json,md,png}."""
@@ -848,7 +942,7 @@ def run_benchmark(
                     file=sys.stderr,
                 )
                 tree = trees.get(split_server(server)[1] or "")
-                row = measure(server, wl, loadgen, server_pin, client_pin, log_dir, tree)
+                row = measure(server, wl, loadgen, server_pin, client_pin, log_dir, tree, port)
                 print(f"[bench]   {progress_line(row)}", file=sys.stderr)
                 measured.setdefault((wl.name, server), []).append(row)
     rows = [pick_median(cell) for cell in measured.values()]
@@ -880,6 +974,10 @@ def server_list(arg: str | None, refs: list[str]) -> list[str]:
         raise ValueError("--servers names no server")
     for name in names:
         base, ref = split_server(name)
+        if metrics_on(name) and (base not in FRAMEWORK_BACKENDS or ref is not None):
+            raise ValueError(
+                f"--servers {name!r}: {METRICS} goes with today's framework backends only ({', '.join(FRAMEWORK_BACKENDS)})"
+            )
         if ref is not None and base not in FRAMEWORK_BACKENDS:
             raise ValueError(
                 f"--servers {name!r}: only the framework's backends ({', '.join(FRAMEWORK_BACKENDS)}) run at a git ref"
@@ -930,6 +1028,13 @@ def main(argv: list[str] | None = None) -> int:
         " 0: no window, the flooders write whenever their socket takes more",
     )
     parser.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="the loopback port every server under test listens on, one after another (default 0: a free"
+        " port each time)",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -937,6 +1042,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine's noise is large: 3 rounds make the ratios far steadier)",
     )
     args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port}: expected 0 to 65535")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if args.f1_inflight is not None and args.f1_inflight < 0:
@@ -956,7 +1063,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--only {args.only!r}: unknown workload(s) {unknown}; known here: {','.join(known)}"
             )
     try:
-        report = run_benchmark(args.quick, args.out, servers, args.rounds, only, args.f1_inflight)
+        report = run_benchmark(args.quick, args.out, servers, args.rounds, only, args.f1_inflight, args.port)
     except RuntimeError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 2

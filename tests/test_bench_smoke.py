@@ -139,6 +139,8 @@ def test_baseline_ref_runs_the_framework_exported_from_that_commit(tmp_path: Pat
         (["--baseline-ref", "HEAD", "--servers", "epoll,uvloop"], "--servers names none of its rows"),
         (["--only", "E1,X9"], "unknown workload(s) ['X9']"),
         (["--f1-inflight", "-1"], "--f1-inflight must be 0 (no window) or more"),
+        (["--servers", "uvloop+metrics"], "goes with today's framework backends only"),
+        (["--port", "70000"], "expected 0 to 65535"),
     ],
 )
 def test_bad_arguments_are_refused_with_a_reason(
@@ -164,3 +166,22 @@ def test_a_baseline_ref_that_is_no_commit_fails_clearly(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "'no-such-ref-13f' is not a commit" in proc.stderr
+
+
+@pytest.mark.timeout(90)
+def test_metrics_on_rows_are_scraped_and_compared_with_metrics_off_on_a_chosen_port(tmp_path: Path) -> None:
+    """`epoll+metrics` runs the same server with its /metrics endpoint on and scraped every second
+    during the window; the report divides it by the plain row. `--port` is where servers listen."""
+    port = bench.free_port()
+    res = run_harness(
+        tmp_path, "--only", "E1", "--servers", "epoll,epoll+metrics", "--port", str(port), timeout=80
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "latest.json").read_text())
+    rows = {r["server"]: r for r in report["results"]}
+    assert rows["epoll"]["ok"] and rows["epoll+metrics"]["ok"], rows
+    assert rows["epoll+metrics"]["scrapes"] >= 1
+    assert "scrapes" not in rows["epoll"]
+    ratio = report["analysis"]["metrics_on_vs_off"]["epoll+metrics"]["E1"]["ratio"]
+    assert ratio is not None and ratio > 0
+    assert "Metrics on (/metrics scraped every second) ÷ off" in (tmp_path / "latest.md").read_text()
