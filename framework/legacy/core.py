@@ -291,7 +291,7 @@ class IocpCore:
         self._closed = False
         self.dispatched = 0  # completions handed to an IocpObject
         self.handler_errors = 0  # handle_iocp calls that raised
-        self.null_keys = 0  # completions without an owner (seed CASE 1), ignored
+        self.null_keys = 0  # completions without an owner (no completion key), ignored
         self.last_error = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -612,7 +612,7 @@ class IocpCore:
         try:
             owner.handle_iocp(overlapped, nbytes)
         except Exception as exc:
-            # One broken handler must not stop the loop (seed: "continue processing other completions").
+            # One broken handler must not stop the loop: the batch's other completions still run.
             self.handler_errors += 1
             log.exception("handle_iocp raised", owner=type(owner).__name__, overlapped=repr(overlapped))
             try:

@@ -316,7 +316,7 @@ class IocpObjectSession(IocpObject):
             self.release()
 
     def on_iocp_error(self, overlapped: OverlappedEx, exc: BaseException) -> None:
-        # A callback raised: the session's state is unknown, so it goes (seed: session->Close()).
+        # A callback raised: the session's state is unknown, so it goes, as RAON closes it.
         self.disconnect(KickReason.HANDLER_ERROR, f"handler raised {type(exc).__name__}: {exc}")
 
     def _connect_done(self, overlapped: OverlappedEx) -> None:
