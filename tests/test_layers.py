@@ -21,8 +21,14 @@ FRAMEWORK = ROOT / "framework"
 
 # package -> framework packages it must never import (directly or lazily)
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "io": ("framework.legacy", "framework.session", "framework.metrics", "framework.config",
-           "framework.logging", "framework.__main__"),
+    "io": (
+        "framework.legacy",
+        "framework.session",
+        "framework.metrics",
+        "framework.config",
+        "framework.logging",
+        "framework.__main__",
+    ),
     "legacy": ("framework.session", "framework.metrics", "framework.__main__"),
     "session": ("framework.legacy", "framework.__main__"),
 }
@@ -105,7 +111,8 @@ def test_importing_all_of_framework_io_loads_no_higher_layer() -> None:
     assert "framework.io.factory" in report["imported"]
     assert "framework.io.backends.iocp" in report["imported"]
     higher = [
-        m for m in report["loaded"]
+        m
+        for m in report["loaded"]
         if m.split(".")[:2] in (["framework", "legacy"], ["framework", "session"], ["framework", "metrics"])
     ]
     assert higher == []
