@@ -64,6 +64,7 @@ class IocpLegacyProvider(QueuedProvider):
 
     @staticmethod
     def probe() -> None:
+        """Raise `BackendUnavailable` when no backend that could run the core works here."""
         from framework.io.factory import available_backends
 
         if not available_backends():
@@ -71,6 +72,7 @@ class IocpLegacyProvider(QueuedProvider):
 
     @property
     def core(self) -> IocpCore:
+        """The IocpCore this provider posts on (its own, or the one it was given)."""
         if self._core is None:
             raise RuntimeError("provider is not initialized")
         return self._core
