@@ -81,6 +81,11 @@ sanitize: $(STAMP)
 		$(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS) $(PYTEST_ARGS); \
 		status=$$?; $(PY) framework/io/backends/_uring_build.py; exit $$status
 
+# The HTML API reference (pdoc) in build/docs; fails on any pdoc warning.
+.PHONY: docs
+docs: $(STAMP)
+	$(PY) docs/build_api.py build/docs
+
 # ruff, and the CI workflow against GitHub's workflow schema (bundled with check-jsonschema: offline).
 lint: $(STAMP)
 	$(PY) -m ruff check framework examples tests benchmarks loadtests

@@ -48,10 +48,10 @@ SERVERS = ("io_uring", "epoll", "asyncio", "uvloop")
 FRAMEWORK_BACKENDS = ("io_uring", "epoll")
 SERVER_CPU, CLIENT_CPU = 0, 1
 
-# Targets from issue 7, as (best framework backend) / uvloop measured in the same run.
+# CPU and memory targets (benchmarks/README.md), as (best framework backend) / uvloop in the same run.
 TARGETS = {"E1": 0.70, "E2": 0.65, "B1": 0.85, "M1": 0.75}
 SCALING_TARGET = 1.2  # µs/frame at the largest sweep point within 1.2x of the smallest
-# Issue 13's F1 goal, for every framework backend: the bystander's p99 round trip no worse than
+# The fairness goal (F1), for every framework backend: the bystander's p99 round trip no worse than
 # uvloop's in the same run, and at most this many ms.
 F1_TARGET_MS = 10.0
 # F1 flooders: frames each keeps in flight. 4,096 x 20 B = 80 KiB per flooder, more than one 64 KiB
@@ -564,7 +564,7 @@ def metric(rows: list[dict[str, Any]], server: str, wl: str, key: str) -> float 
 
 
 def f1_verdict(rows: list[dict[str, Any]], backends: list[str]) -> dict[str, Any]:
-    """Issue 13's F1 goal for each framework backend: bystander p99 <= uvloop's (same run) and
+    """The fairness goal (F1) for each framework backend: bystander p99 <= uvloop's (same run) and
     <= F1_TARGET_MS. Without a uvloop row only the absolute limit applies (and is said so)."""
     base_us = metric(rows, "uvloop", "F1", "bystander_p99_us")
     limit_ms = F1_TARGET_MS if base_us is None else min(F1_TARGET_MS, base_us / 1000)

@@ -114,7 +114,7 @@ def test_dev_limits_are_smaller_and_production_limits_bigger_than_default():
 
 def test_dev_config_holds_a_hundred_local_bots():
     # `python -m examples.gameserver.bot --count 100` against configs/dev.yaml: every bot connects
-    # from 127.0.0.1 and gets a seat in a room (issue 13: it had 10 rooms of 8).
+    # from 127.0.0.1 and gets a seat in a room (10 rooms of 8 were once too few).
     s = load_settings(ROOT / "configs" / "dev.yaml", env={})
     per_address = s.server.max_connections_per_address
     assert s.io.max_connections >= 100 and (per_address == 0 or per_address >= 100)

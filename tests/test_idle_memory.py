@@ -1,4 +1,4 @@
-"""Idle-memory changes that must not change behaviour (issue 7, M1): a socket's pending operations
+"""Idle-memory changes that must not change behaviour (the idle-memory benchmark): a socket's pending operations
 are tracked without a per-socket dict, an accepted session resolves its peer address lazily, and
 an operation context finds its session through the registry instead of a weak reference."""
 

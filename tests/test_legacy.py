@@ -26,10 +26,10 @@ import pytest
 from examples.legacy_chat.client import ChatClient
 from examples.legacy_chat.protocol import MAX_TEXT, PacketId, chat_notify, parse_chat_notify
 from examples.legacy_chat.server import ChatServer
-from framework.io.backends.legacy_iocp import IocpLegacyProvider
 from framework.io.factory import create_provider, provider_class
 from framework.legacy import (
     IocpCore,
+    IocpLegacyProvider,
     IocpObject,
     IocpObjectSession,
     IoType,

@@ -1,4 +1,4 @@
-"""RAON code ported line by line runs unchanged (issue 20): notify-then-kick, N worker threads on
+"""RAON code ported line by line runs unchanged: notify-then-kick, N worker threads on
 handle_iocp, RAON's reference-count convention, pool guards, cross-thread timers, the backend name
 "legacy_iocp", and the RAON surface added for it (KickReason, SessionType, a caller's pool, ...).
 

@@ -219,7 +219,7 @@ def test_the_seed_wsa_table(wsa, expected):
         (64, ErrorCode.CONNECTION_RESET),  # ERROR_NETNAME_DELETED: a reset seen through GetLastError
         (1225, ErrorCode.CONNECTION_REFUSED),  # ERROR_CONNECTION_REFUSED
         (121, ErrorCode.CONNECTION_TIMEOUT),  # ERROR_SEM_TIMEOUT
-        (10053, 10053),  # WSAECONNABORTED: not in the seed's table, passes through
+        (10053, 10053),  # WSAECONNABORTED: not mapped (docs/PROVIDER.md, "Error codes"), passes through
         (995, 995),  # ERROR_OPERATION_ABORTED
     ],
 )

@@ -1,4 +1,4 @@
-"""Admission control (issue 13, item 4): one address cannot lock out every new player.
+"""Admission control (docs/RELIABILITY.md): one address cannot lock out every new player.
 
 - `server.max_connections_per_address` refuses a further connection from a full address at accept,
   while other addresses (127.0.0.2, ::1) still get in, and frees the place when a session ends;

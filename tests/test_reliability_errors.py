@@ -1,4 +1,4 @@
-"""Error-statistics promise (the seed's CompletionErrorHandler / ResilientProcessCompletions): a
+"""Error-statistics promise (docs/RELIABILITY.md, "Error statistics"): a
 transient failure of the completion loop (process_completions < 0) is retried with back-off
 (3 attempts, 10 ms << attempt) without disturbing sessions; the error rate is tracked and a warning
 is logged above 5 %; when the retries are exhausted the server shuts down gracefully instead of

@@ -1,4 +1,4 @@
-"""Per-session rate limits (issue 13, item 5): token buckets for messages/s and bytes/s, per-type
+"""Per-session rate limits (docs/RELIABILITY.md): token buckets for messages/s and bytes/s, per-type
 limits through `Session.rate_limits` / `rate_limit_key` and `session.rate_limit.per_type`, and the
 two policies: drop with a counted error reply, or close after `max_violations` drops with reason
 "rate limit exceeded". Real sockets on loopback, both session I/O paths of every Linux backend.

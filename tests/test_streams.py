@@ -4,8 +4,7 @@ Every backend that reports "Streams" runs every test here: io_uring (multishot r
 buffer ring, sends in C), the readiness backends (epoll, and kqueue on its Linux stand-in kernel:
 a read loop into one shared buffer, sends tried at once and queued for write edges). Cases about
 io_uring's buffer ring stay io_uring-only. Real loopback TCP sockets, driven by
-`process_completions` in bounded loops. The contract is the "Streams" paragraph of
-framework/io/provider.py.
+`process_completions` in bounded loops. The contract is docs/PROVIDER.md, "Streams".
 """
 
 from __future__ import annotations

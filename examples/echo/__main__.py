@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     s = settings
     settings = s.model_copy(
         update={
-            # Every benchmark connection comes from one address, and broadcast/idle (B1, M1) clients
+            # Every benchmark connection comes from one address, and broadcast and idle clients
             # never send: no per-address limit, no first-message deadline.
             "server": s.server.model_copy(
                 update={"hosts": [args.host], "port": args.port, "workers": 1, "max_connections_per_address": 0}

@@ -85,7 +85,7 @@ def run_workers(core: IocpCore, n: int, stopping: threading.Event) -> None:
 def run_mixed(args: argparse.Namespace) -> int:
     from examples.legacy_chat.ported import SessionChat, mount
     from framework.config import load_settings
-    from framework.io.backends.legacy_iocp import IocpLegacyProvider
+    from framework.legacy import IocpLegacyProvider
     from framework.session.server import Server
 
     core = IocpCore(backend=args.backend, fallback=False)  # the legacy process's core, as before

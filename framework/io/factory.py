@@ -41,7 +41,7 @@ for _name, _module, _cls in (
     ("kqueue", "framework.io.backends.kqueue", "KqueueProvider"),
     ("iocp", "framework.io.backends.iocp", "IocpProvider"),
     ("rio", "framework.io.backends.rio", "RioProvider"),
-    ("legacy_iocp", "framework.io.backends.legacy_iocp", "IocpLegacyProvider"),
+    ("legacy_iocp", "framework.legacy.provider", "IocpLegacyProvider"),
 ):
     register_backend(_name, _module, _cls)
 

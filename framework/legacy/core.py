@@ -147,10 +147,12 @@ class OverlappedEx:
 
     @property
     def pending(self) -> bool:
+        """True while the operation is with the provider (between issue and completion)."""
         return self.operation_id != 0
 
     @property
     def ok(self) -> bool:
+        """True when the last completion succeeded."""
         return self.status == Status.SUCCESS
 
     def __repr__(self) -> str:
@@ -176,9 +178,14 @@ class IocpObject:
         self._disconnect_token = 0  # tells a linger timer which deferred close it belongs to
 
     def get_handle(self) -> socket.socket | None:
+        """The socket this object's operations run on (RAON GetHandle); None for a job."""
         return None
 
     def handle_iocp(self, overlapped: OverlappedEx, bytes_transferred: int) -> None:
+        """Handle one completion of this object (RAON HandleIocp); runs on a loop thread.
+
+        `overlapped.status` / `overlapped.error_code` say how it ended, `bytes_transferred` how much
+        moved. Subclasses must override it."""
         raise NotImplementedError
 
     def on_iocp_error(self, overlapped: OverlappedEx, exc: BaseException) -> None:
@@ -193,6 +200,8 @@ class IocpObject:
         return self._refs
 
     def release(self) -> int:
+        """Release(): drop one reference and return the new count; `on_last_release` runs at zero.
+        Raises RuntimeError on a release without a matching `add_ref`."""
         if self._refs <= 0:
             raise RuntimeError(f"{type(self).__name__}.release() without a matching add_ref()")
         self._refs -= 1
@@ -202,22 +211,28 @@ class IocpObject:
 
     @property
     def ref_count(self) -> int:
+        """The current reference count (`UNUSED`, below zero, when released)."""
         return self._refs
 
     def on_last_release(self) -> None:
+        """The last reference went away: tear the object down here (the default does nothing)."""
         pass
 
     # ---- socket options on the handle (RAON's helpers): False when no handle or the OS refused ----
     def set_no_delay(self, on: bool = True) -> bool:
+        """TCP_NODELAY on the handle; False when there is no handle or the OS refused."""
         return set_socket_option(self.get_handle(), socket.IPPROTO_TCP, socket.TCP_NODELAY, int(on))
 
     def set_keep_alive(self, on: bool = True) -> bool:
+        """SO_KEEPALIVE on the handle; False when there is no handle or the OS refused."""
         return set_socket_option(self.get_handle(), socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(on))
 
     def set_send_buffer_size(self, size: int) -> bool:
+        """SO_SNDBUF on the handle; False when there is no handle or the OS refused."""
         return set_socket_option(self.get_handle(), socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
     def set_recv_buffer_size(self, size: int) -> bool:
+        """SO_RCVBUF on the handle; False when there is no handle or the OS refused."""
         return set_socket_option(self.get_handle(), socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
     def set_linger(self, on: bool, seconds: int = 0) -> bool:
@@ -236,6 +251,7 @@ class CallableJob(IocpObject):
         self.fn = fn
 
     def handle_iocp(self, overlapped: OverlappedEx, bytes_transferred: int) -> None:
+        """Run the job's function, unless the completion reports the provider shutting down."""
         if overlapped.ok:
             self.fn()
 
@@ -291,12 +307,13 @@ class IocpCore:
         self._closed = False
         self.dispatched = 0  # completions handed to an IocpObject
         self.handler_errors = 0  # handle_iocp calls that raised
-        self.null_keys = 0  # completions without an owner (seed CASE 1), ignored
+        self.null_keys = 0  # completions without an owner (no completion key), ignored
         self.last_error = ""
 
     # ------------------------------------------------------------------ lifecycle
     @property
     def provider(self) -> AsyncIOProvider:
+        """The provider this core posts on; RuntimeError before `initialize`."""
         if self._provider is None:
             raise RuntimeError("IocpCore.initialize() has not run")
         return self._provider
@@ -345,6 +362,7 @@ class IocpCore:
 
     @property
     def closed(self) -> bool:
+        """True once `shutdown` has run."""
         return self._closed
 
     # ------------------------------------------------------------------ objects
@@ -408,6 +426,9 @@ class IocpCore:
     def connect_ex(
         self, obj: IocpObject, overlapped: OverlappedEx, address: Any, timeout_ms: int | None = None
     ) -> bool:
+        """ConnectEx: connect `obj`'s socket to `address`; False when nothing was posted.
+
+        The completion fails with `CONNECTION_REFUSED`, or `CONNECTION_TIMEOUT` after `timeout_ms`."""
         overlapped.io_type = IoType.CONNECT
         return self._posted(
             overlapped,
@@ -612,7 +633,7 @@ class IocpCore:
         try:
             owner.handle_iocp(overlapped, nbytes)
         except Exception as exc:
-            # One broken handler must not stop the loop (seed: "continue processing other completions").
+            # One broken handler must not stop the loop: the batch's other completions still run.
             self.handler_errors += 1
             log.exception("handle_iocp raised", owner=type(owner).__name__, overlapped=repr(overlapped))
             try:
@@ -685,10 +706,12 @@ class IocpCore:
         return svc
 
     def unregister_service(self, service: ServiceCoordinator) -> None:
+        """Stop a service and forget it (RAON UnregisterService)."""
         service.stop()
         if service in self._services:
             self._services.remove(service)
 
     @property
     def services(self) -> list[ServiceCoordinator]:
+        """The services this core runs, in start order (a copy)."""
         return list(self._services)

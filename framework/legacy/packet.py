@@ -19,6 +19,8 @@ class PacketError(ValueError):
 
 @dataclass(slots=True, frozen=True)
 class PacketHeader:
+    """The 4-byte header: `size` of the whole packet (header included) and the packet `id`."""
+
     size: int
     id: int
 
@@ -26,13 +28,16 @@ class PacketHeader:
     MAX_PACKET_SIZE = 0xFFFF
 
     def pack(self) -> bytes:
+        """The header's 4 bytes."""
         return _HEADER.pack(self.size, self.id)
 
     def pack_into(self, buffer: bytearray | memoryview, offset: int = 0) -> None:
+        """Write the header's 4 bytes into `buffer` at `offset`."""
         _HEADER.pack_into(buffer, offset, self.size, self.id)
 
     @classmethod
     def unpack_from(cls, buffer: bytes | bytearray | memoryview, offset: int = 0) -> PacketHeader:
+        """Read a header from `buffer` at `offset` (no check of the size: see `read_packets`)."""
         size, packet_id = _HEADER.unpack_from(buffer, offset)
         return cls(size, packet_id)
 

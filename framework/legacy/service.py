@@ -26,6 +26,9 @@ ACCEPT_RETRY_MS = 100  # after a failed accept (e.g. EMFILE): retry later instea
 
 
 class ServiceType(IntEnum):
+    """RAON SERVICE_TYPE: a server accepts; a client connects on `manual_connect()`, or on its own
+    and again after every loss (`CLIENT_AUTO_RECONNECT`)."""
+
     SERVER = 0
     CLIENT = 1  # sessions connect when the application calls manual_connect()
     CLIENT_MANUAL = 1  # RAON's name for the same thing (an alias of CLIENT)
@@ -53,6 +56,7 @@ class SessionPool:
         self.owner: ServiceCoordinator | None = None  # the service serving from this pool
 
     def acquire(self) -> IocpObjectSession | None:
+        """The session free the longest, now in use; None when every session is taken."""
         if not self._free:
             return None
         session = self._free.popleft()
@@ -60,6 +64,8 @@ class SessionPool:
         return session
 
     def release(self, session: IocpObjectSession) -> None:
+        """Give a session back (it goes to the back of the circle). Raises ValueError for a
+        session of another pool and RuntimeError for one released twice."""
         key = id(session)
         if key not in self._members:
             raise ValueError(f"{type(session).__name__} #{session.session_id} does not belong to this pool")
@@ -86,14 +92,17 @@ class SessionPool:
 
     @property
     def capacity(self) -> int:
+        """How many sessions the pool holds (RAON's max session count)."""
         return len(self._all)
 
     @property
     def free_count(self) -> int:
+        """How many sessions are free now."""
         return len(self._free)
 
     @property
     def sessions(self) -> list[IocpObjectSession]:
+        """Every session of the pool, in creation order (a copy)."""
         return list(self._all)
 
 
@@ -118,9 +127,11 @@ class IocpObjectListener(IocpObject):
 
     @property
     def max_session_count(self) -> int:
+        """The capacity of this listener's session pool (0 without a service)."""
         return self.coordinator.pool.capacity if self.coordinator is not None else 0
 
     def get_handle(self) -> socket.socket | None:
+        """The listening socket (None before `listen` and after it closed)."""
         return self._sock
 
     def listen(self, core: IocpCore, address: tuple[str, int], backlog: int = 128) -> bool:
@@ -180,6 +191,8 @@ class IocpObjectListener(IocpObject):
         self.accepted_count += 1
 
     def handle_iocp(self, overlapped: OverlappedEx, bytes_transferred: int) -> None:
+        """An accept completed: hand the connection to `on_accept` and post the next accept
+        (after `ACCEPT_RETRY_MS` when this one failed)."""
         try:
             if overlapped.ok and overlapped.accepted is not None:
                 sock, address = overlapped.accepted
@@ -199,6 +212,7 @@ class IocpObjectListener(IocpObject):
             self.release()
 
     def on_last_release(self) -> None:
+        """The last accept completed after `close`: close the socket."""
         if not self._listening and self._sock is not None:
             sock, self._sock = self._sock, None
             sock.close()
@@ -255,6 +269,9 @@ class ServiceCoordinator:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> bool:
+        """Start the service (RAON Start): a server listens and posts its accepts, an
+        auto-reconnecting client connects every pooled session; a manual client waits for
+        `manual_connect`. False when the listener could not register with the core."""
         if self.service_type == ServiceType.SERVER:
             self.listener = IocpObjectListener(self, self._accept_count)
             if not self.listener.listen(self.core, self.address, self.backlog):
@@ -288,10 +305,13 @@ class ServiceCoordinator:
 
     @property
     def active_sessions(self) -> list[IocpObjectSession]:
+        """Sessions in use now (connected, connecting or closing), a copy."""
         return list(self._active)
 
     # ------------------------------------------------------------------ RAON API
     def acquire_session(self) -> IocpObjectSession | None:
+        """A free session from the pool, now counted active (RAON AcquireSession); None when the
+        pool is empty or the service is stopping."""
         if self._stopping:
             return None
         session = self.pool.acquire()
@@ -336,4 +356,5 @@ class ServiceCoordinator:
         log.info("listener closed", address=self.address)
 
     def on_session_connected(self, session: IocpObjectSession) -> None:
+        """A session of this service connected or was accepted: counted in `connects`."""
         self.connects += 1

@@ -56,6 +56,7 @@ class KickReason(IntEnum):
 
     @property
     def text(self) -> str:
+        """The reason in words, e.g. "recv buffer full" (`disconnect_reason` when no detail was given)."""
         return self.name.lower().replace("_", " ")
 
 
@@ -109,10 +110,12 @@ class IocpObjectSession(IocpObject):
 
     # ------------------------------------------------------------------ state
     def get_handle(self) -> socket.socket | None:
+        """The connection's socket (None while the session is idle)."""
         return self._sock
 
     @property
     def is_connected(self) -> bool:
+        """Connected and not disconnecting (RAON IsConnected)."""
         return self._connected and not self._disconnecting
 
     @property
@@ -126,6 +129,7 @@ class IocpObjectSession(IocpObject):
 
     @property
     def queued_send_bytes(self) -> int:
+        """Bytes reserved for sending and not yet written (the ones on the wire included)."""
         return len(self._reserved) + (len(self._sending) if self._send_in_flight else 0)
 
     # ------------------------------------------------------------------ callbacks to override
@@ -302,6 +306,8 @@ class IocpObjectSession(IocpObject):
 
     # ------------------------------------------------------------------ completions
     def handle_iocp(self, overlapped: OverlappedEx, bytes_transferred: int) -> None:
+        """Dispatch a receive, send, connect or disconnect completion to the session's `on_*`
+        callbacks, then release the reference the operation held."""
         io_type = overlapped.io_type
         try:
             if io_type == IoType.RECV:
@@ -316,7 +322,7 @@ class IocpObjectSession(IocpObject):
             self.release()
 
     def on_iocp_error(self, overlapped: OverlappedEx, exc: BaseException) -> None:
-        # A callback raised: the session's state is unknown, so it goes (seed: session->Close()).
+        # A callback raised: the session's state is unknown, so it goes, as RAON closes it.
         self.disconnect(KickReason.HANDLER_ERROR, f"handler raised {type(exc).__name__}: {exc}")
 
     def _connect_done(self, overlapped: OverlappedEx) -> None:
@@ -399,6 +405,8 @@ class IocpObjectSession(IocpObject):
             self._post_send()  # also while a graceful close waits: those packets were accepted
 
     def on_last_release(self) -> None:
+        """The last outstanding operation of a disconnecting session completed: close the socket,
+        call `on_disconnect` (when it was connected) and go back to the service."""
         if self._disconnecting and self._sock is not None:
             self._finish()
 

@@ -66,7 +66,8 @@ class HostCollector(Collector):
         self.metrics = metrics
 
     def describe(self) -> Iterator[Metric]:
-        # Names only (the registry checks for duplicates at registration without a scrape).
+        """The families without values: the registry checks names for duplicates at registration
+        without running a scrape."""
         return self._families({})
 
     def collect(self) -> Iterator[Metric]:

@@ -123,6 +123,7 @@ spec:
 
 
 def markdown() -> str:
+    """docs/METRICS.md: every metric family of an example server, with type, labels and meaning."""
     server = example_server()
     rows = list(families(server))
     out = [_INTRO]

@@ -66,6 +66,7 @@ class MetricsHTTPServer:
         return _plain(start_response, "404 Not Found", "try /metrics, /healthz or /readyz")
 
     def close(self) -> None:
+        """Stop serving, close the listening socket and wait (up to 2 s) for the server thread."""
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=2.0)

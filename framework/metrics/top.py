@@ -38,6 +38,7 @@ def parse(text: str) -> Samples:
 
 
 def scrape(url: str, timeout: float) -> Samples:
+    """Fetch one metrics endpoint and parse its text exposition; raises on network errors."""
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return parse(response.read().decode("utf-8"))
 
@@ -82,6 +83,7 @@ class Node:
     history: list[float] = field(default_factory=list)
 
     def refresh(self, timeout: float) -> None:
+        """Scrape again; a failed scrape keeps the last samples and sets `error`."""
         try:
             samples = scrape(self.url, timeout)
         except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -92,6 +94,7 @@ class Node:
         self.cur, self.cur_t = samples, time.monotonic()
 
     def rate(self, name: str, **match: str) -> float | None:
+        """Per-second increase of a counter between the last two scrapes (None before two)."""
         if self.prev is None or self.cur is None or self.cur_t <= self.prev_t:
             return None
         delta = total(self.cur, name, **match) - total(self.prev, name, **match)
@@ -177,6 +180,7 @@ def render(nodes: Sequence[Node], interval: float) -> Group:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m framework top`: a live terminal view of one or more nodes' metrics."""
     parser = argparse.ArgumentParser(prog="python -m framework top", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--url", action="append", required=True, help="a node's metrics URL (repeat for several nodes)"

@@ -1,7 +1,9 @@
 """legacy_iocp backend: the AsyncIOProvider interface on top of a RAON-style `IocpCore`.
 
-The seed's `IocpLegacyProvider` wraps the existing `IocpCore` and adapts `IocpCore::HandleIocp` to
-the provider interface, so new `Session` code runs inside a legacy process. "Wrapping" here means:
+`IocpLegacyProvider` wraps an existing `IocpCore` and adapts `IocpCore::HandleIocp` to the provider
+interface (docs/PROVIDER.md), so new `Session` code runs inside a legacy process. It lives in the
+legacy package because it depends on it; `framework.io.factory` registers it by dotted path, so the
+io layer never imports this package. "Wrapping" here means:
 - the provider owns (or is given) an `IocpCore`; every registered socket becomes an `IocpObject`
   associated with that core (the completion key), and every operation is issued through the core's
   Winsock calls (`wsa_send`, `wsa_recv`, `accept_ex`, `connect_ex`) with an `OverlappedEx` that
@@ -62,6 +64,7 @@ class IocpLegacyProvider(QueuedProvider):
 
     @staticmethod
     def probe() -> None:
+        """Raise `BackendUnavailable` when no backend that could run the core works here."""
         from framework.io.factory import available_backends
 
         if not available_backends():
@@ -69,6 +72,7 @@ class IocpLegacyProvider(QueuedProvider):
 
     @property
     def core(self) -> IocpCore:
+        """The IocpCore this provider posts on (its own, or the one it was given)."""
         if self._core is None:
             raise RuntimeError("provider is not initialized")
         return self._core
