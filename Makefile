@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: setup system-deps serve top test lint fuzz soak bench loadtest sanitize clean
+.PHONY: setup system-deps serve top test lint fuzz soak bench loadtest sanitize config-doc clean
 
 # liburing-dev lets the io_uring backend build; without it (or without apt) everything still
 # installs and the io_uring backend reports itself unavailable.
@@ -80,6 +80,10 @@ sanitize: $(STAMP)
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		$(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS) $(PYTEST_ARGS); \
 		status=$$?; $(PY) framework/io/backends/_uring_build.py; exit $$status
+
+# docs/CONFIG.md from the settings models (tests/test_config.py fails when it is stale).
+config-doc: $(STAMP)
+	$(PY) -m framework docs-config > docs/CONFIG.md
 
 # ruff, and the CI workflow against GitHub's workflow schema (bundled with check-jsonschema: offline).
 lint: $(STAMP)
