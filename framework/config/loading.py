@@ -110,7 +110,7 @@ def _read_yaml(text: str, source: str) -> tuple[dict[str, Any], yaml.Node | None
             node = loader.get_single_node()
             data = loader.construct_document(node) if node is not None else None
         finally:
-            loader.dispose()  # type: ignore[no-untyped-call]
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source

@@ -464,5 +464,5 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Direct `Settings(...)` gets the same precedence as load_settings: the environment wins.
+        """Environment over arguments: `Settings(...)` gets load_settings' precedence (no dotenv/secrets)."""
         return env_settings, init_settings
