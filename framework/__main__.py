@@ -14,10 +14,10 @@
 
 Application hooks (optional classmethods on the session class), so an app fails before it listens
 rather than at its first connection: `check_settings(settings)` raises `ConfigError` (from
-`framework.config.validate_app(Model, settings)`, which gives file:line positions) or `ValueError` with a
-readable message when `settings.app` does not fit; `setup_server(server)` runs once after the server is built
-and before it accepts connections (single-process servers; worker processes of `workers: N` do not
-call it, so state it creates must also be creatable lazily).
+`framework.config.validate_app(Model, settings)`, which names file:line) or `ValueError` with a
+readable message when `settings.app` does not fit; `setup_server(server)` runs once after the server
+is built and before it accepts connections (single-process servers; worker processes of `workers: N`
+do not call it, so state it creates must also be creatable lazily).
 """
 
 from __future__ import annotations
@@ -84,12 +84,11 @@ def serve(session_class: type, config: str | Path | None = None) -> int:
     from framework.logging import configure_logging
     from framework.session.server import Server
 
-    prog = "error"  # as load_app's failures are reported
     try:
         settings = _load(str(config) if config is not None else None, session_class)
         check_runnable(settings)  # before logging is set up and a server is built: names file:line
     except (ConfigError, ValueError) as exc:
-        print(f"{prog}: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.logging)
     server = Server(settings, session_class)
@@ -101,10 +100,10 @@ def serve(session_class: type, config: str | Path | None = None) -> int:
     if settings.server.workers == 1:
         try:
             server.start()
-        except (OSError, ProviderError) as exc:  # start() has closed what it opened
+        except (OSError, ProviderError) as exc:  # the process ends here: the kernel frees the rest
             hosts = ", ".join(settings.server.hosts)
             print(
-                f"{prog}: cannot listen on {hosts} port {settings.server.port}: {_one_line(exc)}",
+                f"error: cannot listen on {hosts} port {settings.server.port}: {_one_line(exc)}",
                 file=sys.stderr,
             )
             return EXIT_USAGE
