@@ -97,17 +97,35 @@ def serve(session_class: type, config: str | Path | None = None) -> int:
     # hook), so per-server state is made lazily there, on first use.
     if setup is not None and settings.server.workers == 1:
         setup(server)
-    if settings.server.workers == 1:
-        try:
+    try:
+        if settings.server.workers == 1:
             server.start()
-        except (OSError, ProviderError) as exc:  # the process ends here: the kernel frees the rest
-            hosts = ", ".join(settings.server.hosts)
-            print(
-                f"error: cannot listen on {hosts} port {settings.server.port}: {_one_line(exc)}",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
+        else:
+            _check_can_listen(settings)  # workers bind for themselves, after the fork
+    except (OSError, ProviderError) as exc:  # the process ends here: the kernel frees the rest
+        hosts = ", ".join(settings.server.hosts)
+        print(f"error: cannot listen on {hosts} port {settings.server.port}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     return server.run()
+
+
+def _check_can_listen(settings: Any) -> None:
+    """Raise OSError when the port is taken on an IPv4 host, as each worker's listener would find it.
+
+    Binds and closes one SO_REUSEPORT listener per host (what workers share); an IPv6 host that cannot
+    bind is skipped by the server too, and port 0 is the supervisor's to choose.
+    """
+    from framework.io.sockets import open_listener
+
+    cfg = settings.server
+    if cfg.port == 0:
+        return
+    for host in cfg.hosts:
+        try:
+            open_listener(host, cfg.port, 1, reuse_port=True).close()
+        except OSError:
+            if ":" not in host:
+                raise
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

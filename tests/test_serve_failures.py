@@ -80,3 +80,21 @@ def test_port_in_use_is_one_line(backend: str):
         line = failure_line(serve(["-m", "examples.gameserver"], env))
     assert line.startswith(f"error: cannot listen on 127.0.0.1 port {port}: ")
     assert "Address already in use" in line or "EADDRINUSE" in line
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers share a port with SO_REUSEPORT")
+def test_port_in_use_with_workers_is_one_line():
+    # The supervisor forks workers that bind for themselves; it checks the port before forking, so
+    # the operator gets one line instead of a traceback per worker and restart.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "FRAMEWORK_SERVER__HOSTS": '["127.0.0.1"]',
+            "FRAMEWORK_SERVER__PORT": str(port),
+            "FRAMEWORK_SERVER__WORKERS": "2",
+        }
+        line = failure_line(serve(["-m", "examples.gameserver"], env))
+    assert line.startswith(f"error: cannot listen on 127.0.0.1 port {port}: ")
+    assert "Address already in use" in line or "EADDRINUSE" in line
