@@ -88,7 +88,7 @@ class Origin:
     env_paths: Mapping[tuple[str, ...], str] = field(default_factory=dict)  # field path -> variable
 
     def where(self, loc: Loc, *, key: bool = False) -> str:
-        """"file:line:col" of the value at `loc` (of its key with `key`), or the variable that set it."""
+        """Where the value at `loc` (its key, with `key`) came from: "file:line:col", or the variable."""
         lowered = tuple(str(p).lower() for p in loc)
         for n in range(len(lowered), 0, -1):
             name = self.env_paths.get(lowered[:n])
