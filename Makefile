@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: setup system-deps serve top test lint fuzz soak bench loadtest sanitize clean
+.PHONY: setup system-deps serve top test lint fuzz soak bench loadtest sanitize config-doc clean
 
 # liburing-dev lets the io_uring backend build; without it (or without apt) everything still
 # installs and the io_uring backend reports itself unavailable.
@@ -85,6 +85,10 @@ sanitize: $(STAMP)
 .PHONY: docs
 docs: $(STAMP)
 	$(PY) docs/build_api.py build/docs
+
+# docs/CONFIG.md from the settings models (tests/test_config.py fails when it is stale).
+config-doc: $(STAMP)
+	$(PY) -m framework docs-config > docs/CONFIG.md
 
 # ruff, and the CI workflow against GitHub's workflow schema (bundled with check-jsonschema: offline).
 lint: $(STAMP)

@@ -1,18 +1,23 @@
 """Command line: `python -m framework serve|check-config|backends|top`.
 
-- `serve --app module:SessionClass [--config FILE]` serves any `Session` subclass (the embedded
-  default config when no file is given) until SIGINT/SIGTERM; exit status 0 after a clean drain.
-- `check-config FILE [--app module:SessionClass]` validates a deployment file (and, with --app, the
-  application's `app:` section); exit status 1 and the reason when invalid.
+- `serve --app module:SessionClass [--config FILE]` serves any `Session` subclass (the packaged
+  default config when no file is given) until SIGINT/SIGTERM; exit status 0 after a clean drain. A
+  server that cannot start (invalid config, backend unavailable here, port in use) says why in one
+  line on stderr, exit status 2.
+- `check-config [FILE] [--app module:SessionClass] [--show]` validates a deployment file (and, with
+  --app, the application's `app:` section) and checks that this machine can run it (its backend);
+  exit status 1 and the reasons, with file:line:column, when not. `--show` prints the effective settings.
+- `docs-config` prints docs/CONFIG.md (generated from the settings models).
 - `backends` lists every I/O backend: available here, or why not, and which one "auto" picks.
 - `top --url http://host:port/metrics [--url ...]` is a live terminal view of running servers
   (their `metrics.listen` endpoints; docs/METRICS.md).
 
 Application hooks (optional classmethods on the session class), so an app fails before it listens
-rather than at its first connection: `check_settings(settings)` raises `ValueError` with a readable
-message when `settings.app` does not fit; `setup_server(server)` runs once after the server is built
-and before it accepts connections (single-process servers; worker processes of `workers: N` do not
-call it, so state it creates must also be creatable lazily).
+rather than at its first connection: `check_settings(settings)` raises `ConfigError` (from
+`framework.config.validate_app(Model, settings)`, which names file:line) or `ValueError` with a
+readable message when `settings.app` does not fit; `setup_server(server)` runs once after the server
+is built and before it accepts connections (single-process servers; worker processes of `workers: N`
+do not call it, so state it creates must also be creatable lazily).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +66,29 @@ def _load(config: str | None, session_class: type | None) -> Any:
     return settings
 
 
-def serve(session_class: type, config: str | Path | None = None) -> int:
-    """Load settings, set up logging, build the server and run it until a signal; its exit status."""
+def _one_line(exc: BaseException) -> str:
     from framework.config import ConfigError
+
+    text = exc.one_line() if isinstance(exc, ConfigError) else str(exc)
+    return " ".join(text.split())
+
+
+def serve(session_class: type, config: str | Path | None = None) -> int:
+    """Load settings, set up logging, build the server and run it until a signal; its exit status.
+
+    Whatever stops the server before it listens (invalid settings, a backend this machine cannot
+    run, a port in use) is one line on stderr and exit status 2, not a traceback.
+    """
+    from framework.config import ConfigError, check_runnable
+    from framework.io.errors import ProviderError
     from framework.logging import configure_logging
     from framework.session.server import Server
 
     try:
         settings = _load(str(config) if config is not None else None, session_class)
+        check_runnable(settings)  # before logging is set up and a server is built: names file:line
     except (ConfigError, ValueError) as exc:
-        print(exc, file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.logging)
     server = Server(settings, session_class)
@@ -79,7 +97,35 @@ def serve(session_class: type, config: str | Path | None = None) -> int:
     # hook), so per-server state is made lazily there, on first use.
     if setup is not None and settings.server.workers == 1:
         setup(server)
+    try:
+        if settings.server.workers == 1:
+            server.start()
+        else:
+            _check_can_listen(settings)  # workers bind for themselves, after the fork
+    except (OSError, ProviderError) as exc:  # the process ends here: the kernel frees the rest
+        hosts = ", ".join(settings.server.hosts)
+        print(f"error: cannot listen on {hosts} port {settings.server.port}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     return server.run()
+
+
+def _check_can_listen(settings: Any) -> None:
+    """Raise OSError when the port is taken on an IPv4 host, as each worker's listener would find it.
+
+    Binds and closes one SO_REUSEPORT listener per host (what workers share); an IPv6 host that cannot
+    bind is skipped by the server too, and port 0 is the supervisor's to choose.
+    """
+    from framework.io.sockets import open_listener
+
+    cfg = settings.server
+    if cfg.port == 0:
+        return
+    for host in cfg.hosts:
+        try:
+            open_listener(host, cfg.port, 1, reuse_port=True).close()
+        except OSError:
+            if ":" not in host:
+                raise
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -92,7 +138,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from framework.config import ConfigError
+    import yaml
+
+    from framework.config import ConfigError, check_runnable
 
     cls = None
     if args.app:
@@ -101,16 +149,31 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    name = args.file or "the default config"
     try:
         settings = _load(args.file, cls)
+        backend = check_runnable(settings)
     except (ConfigError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
+    if args.show:
+        sys.stdout.write(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
+        return EXIT_OK
     hosts = ", ".join(settings.server.hosts)
+    chosen = "" if backend == settings.io.backend else f" (runs {backend} here)"
+    app = f", app: section valid for {args.app}" if args.app else ""
     print(
-        f"OK: {args.file}: backend {settings.io.backend}, listening on {hosts} port {settings.server.port}, "
-        f"{settings.server.workers} worker(s), logging {settings.logging.format}/{settings.logging.level}"
+        f"OK: {name}: backend {settings.io.backend}{chosen}, listening on {hosts} port "
+        f"{settings.server.port}, {settings.server.workers} worker(s), logging "
+        f"{settings.logging.format}/{settings.logging.level}{app}"
     )
+    return EXIT_OK
+
+
+def _cmd_docs_config(args: argparse.Namespace) -> int:
+    from framework.config import markdown
+
+    sys.stdout.write(markdown())
     return EXIT_OK
 
 
@@ -150,12 +213,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_serve.add_argument(
         "--app", required=True, help="module:SessionClass, e.g. examples.gameserver.app:GameSession"
     )
-    p_serve.add_argument("--config", default=None, help="deployment YAML (default: the embedded default)")
+    p_serve.add_argument("--config", default=None, help="deployment YAML (default: the default config)")
     p_serve.set_defaults(func=_cmd_serve)
-    p_check = sub.add_parser("check-config", help="validate a deployment file")
-    p_check.add_argument("file", help="deployment YAML")
+    p_check = sub.add_parser(
+        "check-config", help="validate a deployment file and check that this machine can run it"
+    )
+    p_check.add_argument("file", nargs="?", default=None, help="deployment YAML (default: the default config)")
     p_check.add_argument("--app", default=None, help="also validate the app: section for module:SessionClass")
+    p_check.add_argument("--show", action="store_true", help="print the effective settings as YAML")
     p_check.set_defaults(func=_cmd_check_config)
+    p_docs = sub.add_parser("docs-config", help="print docs/CONFIG.md (the settings reference)")
+    p_docs.set_defaults(func=_cmd_docs_config)
     p_back = sub.add_parser("backends", help="list I/O backends and why any is unavailable")
     p_back.set_defaults(func=_cmd_backends)
     p_top = sub.add_parser("top", help="live view of servers' /metrics", add_help=False)
@@ -166,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return top_main(argv[1:])
     args = parser.parse_args(argv)
-    return args.func(args)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
 
 
 if __name__ == "__main__":

@@ -177,14 +177,14 @@ def rooms_env(users: int, config: str | None, environ: dict[str, str] | None = N
     """{FRAMEWORK_APP__MAX_ROOMS: n} when `users` players at GAME_ROOM_SIZE per room need more rooms
     than the deployment allows, else {}. Twice the rooms a perfect packing needs: players keep moving
     between rooms, and a room below GAME_ROOM_SIZE takes newcomers only until it fills."""
-    from examples.gameserver.app import game_settings
-    from framework.config import load_settings
+    from examples.gameserver.game import GameSettings
+    from framework.config import load_settings, validate_app
     from loadtests.rooms import room_size_from_env
 
     environ = dict(os.environ if environ is None else environ)
     if any(key.upper() == MAX_ROOMS_ENV for key in environ):
         return {}  # the operator chose
-    game = game_settings(dict(load_settings(config, env=environ).app))
+    game = validate_app(GameSettings, load_settings(config, env=environ))
     per_room = min(room_size_from_env(environ), game.max_players_per_room)
     wanted = 2 * math.ceil(users / per_room)
     if game.max_rooms >= wanted:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import get_args
 
 import pytest
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from framework.config import (
     DEFAULT_YAML,
@@ -17,8 +18,10 @@ from framework.config import (
     ConfigError,
     IOSettings,
     Settings,
+    check_runnable,
     load_settings,
     markdown,
+    validate_app,
 )
 from framework.io.factory import backend_names
 
@@ -38,11 +41,19 @@ def load_error(path: Path | None, env: dict[str, str] | None = None) -> ConfigEr
     return info.value
 
 
-# ---- the embedded default and the shipped configs -----------------------------------------------------
+# ---- the packaged default and the shipped configs -----------------------------------------------------
 
 
-def test_embedded_default_is_configs_default_yaml():
+def test_packaged_default_is_configs_default_yaml():
+    # One source of truth (framework/config/default.yaml, package data); configs/ holds a copy.
+    packaged = ROOT / "framework" / "config" / "default.yaml"
+    assert packaged.read_text(encoding="utf-8") == DEFAULT_YAML
     assert (ROOT / "configs" / "default.yaml").read_text(encoding="utf-8") == DEFAULT_YAML
+
+
+def test_default_yaml_is_declared_package_data():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "config/default.yaml" in data["tool"]["setuptools"]["package-data"]["framework"]
 
 
 def test_embedded_default_matches_model_defaults_and_carries_game_settings():
@@ -441,9 +452,7 @@ def test_every_field_has_a_description():
 
 def test_config_md_is_not_stale():
     doc = (ROOT / "docs" / "CONFIG.md").read_text(encoding="utf-8")
-    assert doc == markdown(), (
-        "docs/CONFIG.md is stale: run `python -m framework.config --markdown > docs/CONFIG.md`"
-    )
+    assert doc == markdown(), "docs/CONFIG.md is stale: run `make config-doc`"
 
 
 def test_config_md_lists_every_field_with_its_environment_variable():
@@ -458,7 +467,7 @@ def test_config_md_lists_every_field_with_its_environment_variable():
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "framework.config", *args],
+        [sys.executable, "-m", "framework", *args],
         cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", **(env or {})},
         capture_output=True,
@@ -468,20 +477,108 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_cli_check_exit_codes(tmp_path: Path):
-    good = run_cli("--check", "configs/epoll.yaml")
+    good = run_cli("check-config", "configs/epoll.yaml")
     assert good.returncode == 0 and good.stdout.startswith("OK: configs/epoll.yaml"), good
     bad_path = write(tmp_path, "server:\n  prot: 1\n")
-    bad = run_cli("--check", str(bad_path))
-    assert bad.returncode == 1 and "server.prot" in bad.stderr and str(bad_path) in bad.stderr, bad
-    missing = run_cli("--check", str(tmp_path / "missing.yaml"))
+    bad = run_cli("check-config", str(bad_path))
+    assert bad.returncode == 1 and f"{bad_path}:2:3: server.prot" in bad.stderr, bad
+    assert "did you mean 'port'?" in bad.stderr
+    missing = run_cli("check-config", str(tmp_path / "missing.yaml"))
     assert missing.returncode == 1 and "file not found" in missing.stderr
-    env_bad = run_cli("--check", "configs/default.yaml", env={"FRAMEWORK_IO__BACKEND": "nope"})
+    env_bad = run_cli("check-config", "configs/default.yaml", env={"FRAMEWORK_IO__BACKEND": "nope"})
     assert env_bad.returncode == 1 and "FRAMEWORK_IO__BACKEND" in env_bad.stderr
 
 
-def test_cli_markdown_and_show():
-    md = run_cli("--markdown")
+def test_cli_docs_config_and_show():
+    md = run_cli("docs-config")
     assert md.returncode == 0 and md.stdout == markdown()
-    shown = run_cli("--show", env={"FRAMEWORK_SERVER__PORT": "9300"})
+    shown = run_cli("check-config", "--show", env={"FRAMEWORK_SERVER__PORT": "9300"})
     assert shown.returncode == 0
     assert yaml.safe_load(shown.stdout)["server"]["port"] == 9300
+
+
+def test_there_is_one_cli():
+    # The settings module is a package without a command line of its own: `python -m framework`.
+    old = subprocess.run(
+        [sys.executable, "-m", "framework.config", "--check", "configs/default.yaml"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert old.returncode != 0 and "cannot be directly executed" in old.stderr
+
+
+# ---- what a valid config needs of this machine ---------------------------------------------------------
+
+
+@pytest.mark.linux_only
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kqueue is the foreign backend on Linux")
+def test_check_config_says_a_backend_cannot_run_here(tmp_path: Path):
+    path = write(tmp_path, "server:\n  port: 7001\nio:\n  backend: kqueue\n  fallback: false\n")
+    settings = load_settings(path, env={})  # valid: the schema has no opinion about this machine
+    with pytest.raises(ConfigError) as info:
+        check_runnable(settings)
+    assert str(info.value).startswith(f"settings cannot run here: {path}:4:12: io.backend: 'kqueue' ")
+    assert "kqueue" in info.value.problems[0].message and "io.fallback is false" in str(info.value)
+    res = run_cli("check-config", str(path))
+    assert res.returncode == 1 and f"{path}:4:12: io.backend" in res.stderr, res
+    assert "cannot run on this machine" in res.stderr and res.stdout == ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="epoll is Linux's")
+def test_check_config_with_fallback_names_the_backend_that_runs(tmp_path: Path):
+    path = write(tmp_path, "io:\n  backend: kqueue\n  fallback: true\n")
+    assert check_runnable(load_settings(path, env={})) in backend_names()
+    res = run_cli("check-config", str(path))
+    assert res.returncode == 0 and "backend kqueue (runs " in res.stdout, res
+
+
+def test_cannot_run_here_names_the_environment_variable(tmp_path: Path):
+    foreign = "iocp" if not sys.platform.startswith("win") else "epoll"
+    env = {"FRAMEWORK_IO__BACKEND": foreign, "FRAMEWORK_IO__FALLBACK": "false"}
+    with pytest.raises(ConfigError) as info:
+        check_runnable(load_settings(ROOT / "configs" / "default.yaml", env=env))
+    where = info.value.problems[0].where
+    assert where == "environment variable FRAMEWORK_IO__BACKEND (over " + str(ROOT / "configs" / "default.yaml") + ")"
+
+
+# ---- an application's app: section ---------------------------------------------------------------------
+
+
+class _AppModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tick_hz: int = Field(default=20, ge=1)
+    rooms: dict[str, int] = {}
+
+
+def test_validate_app_names_file_line_and_suggests_a_key(tmp_path: Path):
+    path = write(tmp_path, "server:\n  port: 7001\napp:\n  tick_hz: 0\n  tick_hzz: 5\n  rooms: {a: x}\n")
+    settings = load_settings(path, env={})  # app: is free-form for the framework
+    with pytest.raises(ConfigError) as info:
+        validate_app(_AppModel, settings)
+    found = {p.field: (p.where, p.message) for p in info.value.problems}
+    assert found["app.tick_hz"][0] == f"{path}:4:12" and "greater than or equal to 1" in found["app.tick_hz"][1]
+    assert found["app.tick_hzz"][0] == f"{path}:5:3"
+    assert "did you mean 'tick_hz'?" in found["app.tick_hzz"][1]
+    assert found["app.rooms.a"][0] == f"{path}:6:14"
+    good = validate_app(_AppModel, load_settings(write(tmp_path, "app:\n  tick_hz: 30\n", "ok.yaml"), env={}))
+    assert good.tick_hz == 30
+
+
+def test_validate_app_names_the_environment_variable():
+    settings = load_settings(None, env={"FRAMEWORK_APP__TICK_HZ": "0"})
+    with pytest.raises(ConfigError) as info:
+        validate_app(_AppModel, settings.model_copy(update={"app": {"tick_hz": 0}}))
+    assert info.value.problems[0].where == "environment variable FRAMEWORK_APP__TICK_HZ"
+
+
+def test_validate_app_on_settings_built_in_code():
+    with pytest.raises(ConfigError) as info:
+        validate_app(_AppModel, Settings(app={"tick_hz": "fast"}))
+    assert info.value.problems[0].where == "<settings built in code>"
+    assert info.value.field == "app.tick_hz"
+
+
+def test_check_config_app_section_with_positions(tmp_path: Path):
+    path = write(tmp_path, "app:\n  tick_hz: 20\n  max_room: 5\n")
+    res = run_cli("check-config", str(path), "--app", "examples.gameserver.app:GameSession")
+    assert res.returncode == 1 and f"{path}:3:3: app.max_room" in res.stderr, res
+    assert "did you mean 'max_rooms'?" in res.stderr

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=int, required=True, help="0 picks a free port (printed on the ready line)"
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--config", default=None, help="deployment YAML (default: the embedded default)")
+    parser.add_argument("--config", default=None, help="deployment YAML (default: the default config)")
     parser.add_argument("--broadcast-hz", type=float, default=0.0, help="broadcast ticks per second (0: off)")
     parser.add_argument("--payload", type=int, default=512, help="broadcast payload bytes (>= 8)")
     parser.add_argument("--max-connections", type=int, default=16384)

@@ -1,6 +1,6 @@
 """`python -m examples.gameserver [--config FILE]`: run the example game server.
 
-With no file it runs on the embedded default config (127.0.0.1 and ::1, port 7777). Stop it with
+With no file it runs on the default config (127.0.0.1 and ::1, port 7777). Stop it with
 Ctrl-C or SIGTERM: sessions are told (`shutdown` message), drained and closed; exit status 0.
 """
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m examples.gameserver", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--config", default=None, help="deployment YAML (default: the embedded default)")
+    parser.add_argument("--config", default=None, help="deployment YAML (default: the default config)")
     args = parser.parse_args(argv)
     return serve(GameSession, args.config)
 

@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 import structlog
 from msgpack import packb
-from pydantic import ValidationError
 
 from examples.gameserver.game import (
     Broadcast,
@@ -30,6 +29,7 @@ from examples.gameserver.game import (
     RoomOpened,
     Send,
 )
+from framework.config import validate_app
 from framework.session.session import Session
 
 log = structlog.get_logger("gameserver")
@@ -39,31 +39,12 @@ _RATE_KEYS = ("moves", "chats", "snapshots", "errors", "joins", "requests")
 _TICK_SAMPLE_MASK = 7
 
 
-class AppSettingsError(ValueError):
-    """The `app:` section does not fit `GameSettings`; the message names each bad key."""
-
-
-def game_settings(app_section: dict[str, Any]) -> GameSettings:
-    try:
-        return GameSettings.model_validate(app_section)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors(include_url=False):
-            key = ".".join(str(part) for part in ("app", *err["loc"]))
-            if err["type"] == "extra_forbidden":
-                known = ", ".join(GameSettings.model_fields)
-                lines.append(f"{key}: unknown key (the game server knows: {known})")
-            else:
-                lines.append(f"{key}: {err['msg']} (got {err['input']!r})")
-        raise AppSettingsError("invalid game settings:\n  " + "\n  ".join(lines)) from None
-
-
 class GameApp:
     """The game state of one server process and the glue between it and the sessions."""
 
     def __init__(self, server: Any) -> None:
         self.server = server
-        self.settings = game_settings(dict(server.settings.app))
+        self.settings = validate_app(GameSettings, server.settings)
         self.game = Game(self.settings)
         self.sessions: dict[int, GameSession] = {}
         self._timers: dict[str, Any] = {}
@@ -197,8 +178,9 @@ class GameSession(Session):
 
     @classmethod
     def check_settings(cls, settings: Any) -> None:
-        """Raise `AppSettingsError` (a ValueError) when `settings.app` does not fit `GameSettings`."""
-        game_settings(dict(settings.app))
+        """Raise `ConfigError` naming file:line, `app.<key>` and what was expected when `settings.app`
+        does not fit `GameSettings` (`python -m framework check-config --app` and `serve` call it)."""
+        validate_app(GameSettings, settings)
 
     @classmethod
     def setup_server(cls, server: Any) -> None:

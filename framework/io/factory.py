@@ -94,13 +94,15 @@ def available_backends(platform: str | None = None) -> list[str]:
     return out
 
 
-def create_provider(
+def select_backend(
     name: str = "auto", *, fallback: bool = True, platform: str | None = None
-) -> AsyncIOProvider:
-    """A new, not yet initialized provider.
+) -> tuple[str, list[str]]:
+    """(backend, skipped) for `create_provider(name, fallback=...)`: the backend it builds here and
+    "name: reason" for each one passed over; `BackendUnavailable` when none can run.
 
     `name` is a backend name or "auto". With a name and `fallback=True`, a backend that is
-    unavailable falls back along the platform chain (logged); with `fallback=False` it raises.
+    unavailable falls back along the platform chain; with `fallback=False` it raises.
+    Opens nothing (each candidate's `probe()` only), so `check-config` can ask it too.
     """
     chain = fallback_chain(platform)
     if name != "auto" and name not in _REGISTRY:
@@ -123,10 +125,17 @@ def create_provider(
                 raise
             skipped.append(f"{candidate}: {exc.reason}")
             continue
-        provider = provider_class(candidate)()
-        # Running on another backend than the one configured is worth a warning; "auto" walking
-        # its chain is expected.
-        level = log.warning if name != "auto" and candidate != name else log.info
-        level("io backend selected", backend=candidate, requested=name, skipped=skipped)
-        return provider
+        return candidate, skipped
     raise BackendUnavailable(name, "; ".join(skipped) or "no candidate backend")
+
+
+def create_provider(
+    name: str = "auto", *, fallback: bool = True, platform: str | None = None
+) -> AsyncIOProvider:
+    """A new, not yet initialized provider of the backend `select_backend` picks (logged)."""
+    backend, skipped = select_backend(name, fallback=fallback, platform=platform)
+    # Running on another backend than the one configured is worth a warning; "auto" walking
+    # its chain is expected.
+    level = log.warning if name != "auto" and backend != name else log.info
+    level("io backend selected", backend=backend, requested=name, skipped=skipped)
+    return provider_class(backend)()
