@@ -23,9 +23,6 @@ from typing import Any
 
 import cffi
 import pytest
-from conftest import WAIT_S, Collector, pump
-from standin_kernels import StandinKevent as FakeKevent
-from standin_kernels import install_macos_kernel, install_windows_kernel
 
 from framework.io import BackendUnavailable, ErrorCode, Status, create_provider, factory
 from framework.io.backends import _windows_cffi as win
@@ -43,6 +40,9 @@ from framework.io.backends.kqueue import (
 from framework.io.backends.rio import RioProvider
 from framework.io.errors import map_wsa_error
 from framework.io.provider import AsyncIOProvider, CompletionResult
+from tests.support.provider import WAIT_S, Collector, pump
+from tests.support.standin_kernels import StandinKevent as FakeKevent
+from tests.support.standin_kernels import install_macos_kernel, install_windows_kernel
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="checks Linux's answers")
 macos_only = pytest.mark.skipif(sys.platform != "darwin", reason="needs the real macOS kqueue")

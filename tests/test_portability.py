@@ -1,6 +1,6 @@
 """The test suite itself is portable: every test module imports (pytest collects it) on Windows
 and on macOS, where `resource` and `/proc` do not exist. Both OSes are simulated on this machine
-(tests/simulated_platform.py) so a Linux-only import is caught here, not on the CI runner."""
+(tests/support/simulated_platform.py) so a Linux-only import is caught here, not on the CI runner."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ ROOT = TESTS.parent
 @pytest.mark.parametrize("target", ["win32", "darwin"])
 def test_every_test_module_imports_with_resource_and_proc_absent(target):
     proc = subprocess.run(
-        [sys.executable, str(TESTS / "simulated_platform.py"), target, "tests"],
+        [sys.executable, str(TESTS / "support" / "simulated_platform.py"), target, "tests"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     out = proc.stdout + proc.stderr

@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import pytest
-from conftest import WAIT_S, Collector, pump
 
 from framework.io import (
     AsyncIOProvider,
@@ -27,6 +26,7 @@ from framework.io import (
     SendOperation,
     Status,
 )
+from tests.support.provider import WAIT_S, Collector, pump
 
 
 def pattern(n: int, seed: int = 0) -> bytes:

@@ -16,7 +16,21 @@ from typing import Any
 
 import msgpack
 import pytest
-from hostile import (
+from hypothesis import given
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from framework.config import SessionSettings
+from framework.session.codec import (
+    HEADER_SIZE,
+    FrameDecoder,
+    ProtocolError,
+    encode_frame,
+    encode_message,
+    make_payload_decoder,
+)
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.hostile import (
     PARSER_SETTINGS,
     EchoSession,
     connect,
@@ -27,20 +41,6 @@ from hostile import (
     round_trip,
     serving,
     wait_for,
-)
-from hypothesis import given
-from hypothesis import strategies as st
-from structlog.testing import capture_logs
-
-from framework.config import SessionSettings
-from framework.io.factory import available_backends
-from framework.session.codec import (
-    HEADER_SIZE,
-    FrameDecoder,
-    ProtocolError,
-    encode_frame,
-    encode_message,
-    make_payload_decoder,
 )
 
 # Small limits so random inputs hit every limit often.
@@ -286,7 +286,7 @@ E2E_CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_hostile_frames_close_only_their_session_with_a_logged_reason(backend):
     with serving(
         backend,
@@ -318,7 +318,7 @@ def test_hostile_frames_close_only_their_session_with_a_logged_reason(backend):
             good.close()
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_truncated_frame_then_fin_is_discarded_and_closes_cleanly(backend):
     received: list[Any] = []
 
