@@ -3,7 +3,7 @@ handle_iocp, RAON's reference-count convention, pool guards, cross-thread timers
 "legacy_iocp", and the RAON surface added for it (KickReason, SessionType, a caller's pool, ...).
 
 Real loopback sockets on every runnable backend (epoll, io_uring, legacy_iocp); the close semantics
-also run on the stand-in IOCP kernel (tests/standin_kernels.py; the test id says it is mocked).
+also run on the stand-in IOCP kernel (tests/support/standin_kernels.py; the test id says it is mocked).
 """
 
 from __future__ import annotations

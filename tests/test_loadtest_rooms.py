@@ -126,7 +126,7 @@ def test_players_switching_rooms_concurrently_never_fail(backend):
     time on a server with rooms of 3 (at most 6: always a seat somewhere); races for seats end in
     retries, none in a failure."""
     # Players here switch rooms every few ms, far faster than the game's join rate limit allows
-    # (tests/test_reliability_ratelimit.py covers that): lifted, so room choice is what is tested.
+    # (tests/reliability/test_ratelimit.py covers that): lifted, so room choice is what is tested.
     fast_joins = {"rate_limit": {"per_type": {"join": {"per_s": 1000, "burst": 1000}}}}
     srv = RunningServer(backend, session=fast_joins, max_players_per_room=3, max_rooms=6)
     players, switches = 10, 40

@@ -266,7 +266,7 @@ def recording_kernel(monkeypatch):
 def epoll_kernel(monkeypatch):
     if not hasattr(select, "epoll"):
         pytest.skip("the stand-in kernel is built on Linux epoll")
-    install_macos_kernel(monkeypatch)  # the contract suite's stand-in (tests/standin_kernels.py)
+    install_macos_kernel(monkeypatch)  # the contract suite's stand-in (tests/support/standin_kernels.py)
 
 
 @pytest.fixture
@@ -489,7 +489,7 @@ def test_kqueue_is_the_macos_choice():
 
 
 def _real_or_standin_windows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The real Windows kernel on Windows; elsewhere the stand-in (tests/standin_kernels.py), and
+    """The real Windows kernel on Windows; elsewhere the stand-in (tests/support/standin_kernels.py), and
     then the test id says `mocked_windows_kernel`. Returns the stand-in (None on Windows)."""
     if request.param == "windows":
         if sys.platform != "win32":

@@ -23,8 +23,8 @@ def test_every_test_module_imports_with_resource_and_proc_absent(target):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "error" not in out.splitlines()[-1].lower(), out[-4000:]
-    modules = sorted(p.name for p in TESTS.glob("test_*.py"))
-    collected = {line.split("::")[0].rpartition("/")[2] for line in proc.stdout.splitlines() if "::" in line}
+    modules = sorted(p.relative_to(ROOT).as_posix() for p in TESTS.rglob("test_*.py"))
+    collected = {line.split("::")[0] for line in proc.stdout.splitlines() if "::" in line}
     assert [m for m in modules if m not in collected] == []
 
 

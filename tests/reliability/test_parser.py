@@ -3,8 +3,8 @@ any other exception, never memory beyond what arrived (bounded by max_frame_size
 does not depend on how the bytes were split into receives.
 
 Property tests run with the "reliability" hypothesis profile in `make test` and with the "fuzz"
-profile (>= 100,000 examples each) in `make fuzz` (see tests/hostile.py). The end-to-end half
-(hostile frames over loopback close only that session) is in test_reliability_parser_e2e.py.
+profile (>= 100,000 examples each) in `make fuzz` (see tests/support/hostile.py). The end-to-end
+half (hostile frames over loopback close only that session) is at the end of this file.
 """
 
 from __future__ import annotations

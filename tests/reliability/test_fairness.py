@@ -33,7 +33,7 @@ from tests.support.session import (
 )
 
 BUDGET = 16
-# These clients flood on purpose: the per-session rate limits (tests/test_reliability_ratelimit.py)
+# These clients flood on purpose: the per-session rate limits (tests/reliability/test_ratelimit.py)
 # would close them first.
 NO_RATE_LIMIT = {"messages_per_s": 0, "bytes_per_s": 0}
 
