@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -39,6 +38,7 @@ from framework.config import load_settings
 from framework.session.codec import encode_message
 from loadtests.run import SUMMARY_TITLE
 from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.gameserver import WAIT, RunningServer
 from tests.support.marks import needs_posix_signals
 
 # --------------------------------------------------------------------------------------------------
@@ -285,60 +285,6 @@ def test_any_message_sequence_yields_replies_or_errors_never_exceptions(messages
 # The real server over loopback, on every backend available here
 
 ROOT = Path(__file__).resolve().parent.parent
-WAIT = 10.0  # generous: the machine is shared
-
-
-def make_settings(backend: str, session: dict[str, Any] | None = None, **app):
-    """Loopback settings for `backend`; `app` overrides the game's settings, `session` the
-    framework's session section (validated, e.g. {"rate_limit": {...}})."""
-    s = load_settings(env={})
-    sess = s.session if session is None else type(s.session).model_validate({**s.session.model_dump(), **session})
-    return s.model_copy(
-        update={
-            "server": s.server.model_copy(update={"hosts": ["127.0.0.1"], "port": 0}),
-            "io": s.io.model_copy(update={"backend": backend, "fallback": False}),
-            "stats": s.stats.model_copy(update={"interval_s": 0}),
-            "session": sess,
-            "app": {**s.app, **app},
-        }
-    )
-
-
-class RunningServer:
-    """A Server serving GameSession in a background thread."""
-
-    def __init__(self, backend: str, session: dict[str, Any] | None = None, **app) -> None:
-        from framework.session.server import Server
-
-        self.server = Server(make_settings(backend, session, **app), GameSession)
-        GameSession.setup_server(self.server)
-        ready: queue.Queue = queue.Queue()
-
-        def run() -> None:
-            try:
-                ready.put(self.server.start())
-                self.server.serve_forever()
-            except BaseException as exc:  # surfaced to the test below
-                ready.put(exc)
-
-        self.thread = threading.Thread(target=run, name=f"gameserver-{backend}", daemon=True)
-        self.thread.start()
-        addresses = ready.get(timeout=WAIT)
-        if isinstance(addresses, BaseException):
-            raise addresses
-        host, port = addresses[0][:2]
-        self.host, self.port = host, port
-
-    def client(self, name: str | None = None) -> GameClient:
-        c = GameClient(self.host, self.port, timeout=WAIT)
-        if name is not None:
-            c.hello(name)
-        return c
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(WAIT * 2)
-        assert not self.thread.is_alive(), "server thread did not stop"
 
 
 @pytest.fixture(params=PLATFORM_BACKENDS)

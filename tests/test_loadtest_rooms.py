@@ -19,7 +19,7 @@ from loadtests.run import main as loadtest_main
 from loadtests.run import rooms_env
 from loadtests.soak import main as soak_main
 from tests.support.backends import PLATFORM_BACKENDS
-from tests.test_gameserver import WAIT, RunningServer
+from tests.support.gameserver import WAIT, RunningServer
 
 THINK_S = 0.02  # most between a player's room switches: players are rarely all mid-switch at once
 
