@@ -63,7 +63,7 @@ test: $(STAMP)
 FUZZ_EXAMPLES ?= 100000
 fuzz: $(STAMP)
 	RELIABILITY_PROFILE=fuzz RELIABILITY_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider \
-		tests/test_reliability_parser.py -k "yields or round_trip or leaves_no_state" $(PYTEST_ARGS)
+		tests/reliability/test_parser.py -k "yields or round_trip or leaves_no_state" $(PYTEST_ARGS)
 
 # Soak: the game server under bots for SOAK_SECONDS (default 600); fails unless RSS, descriptors and
 # sessions stay flat. PORT as for loadtest. Reports in reports/soak/.

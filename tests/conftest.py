@@ -1,143 +1,75 @@
-"""Shared fixtures: a provider for every backend that can run here, and loopback socket helpers.
+"""Shared fixtures: a provider for every backend of the matrix, stand-in kernels, loopback sockets.
 
 A backend joins the contract suite by registering in `framework.io.factory` and passing its
-`probe()` on this machine; the tests never name backends. Backends whose kernel is missing here
-also run on stand-in kernels (tests/standin_kernels.py), as "<backend>-mocked_<os>_kernel".
+`probe()` on this machine; the tests never name backends (tests/support/backends.py computes the
+matrix). Backends whose kernel is missing here also run on stand-in kernels
+(tests/support/standin_kernels.py), as "<backend>-mocked_<os>_kernel". Helpers that are not
+fixtures live in tests/support/ (see tests/README.md).
 """
 
 from __future__ import annotations
 
-import os
-import select
 import socket
-import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from framework.io.errors import BackendUnavailable
-from framework.io.factory import backend_names, check_available, create_provider, provider_class
-from framework.io.provider import AsyncIOProvider, CompletionResult, Status
-
-WAIT_S = 10.0  # generous deadline for "this must eventually happen" waits (CPU contention)
-
-# Tests that stop a server process with SIGTERM (graceful drain) or freeze a peer with SIGSTOP:
-# on Windows `send_signal(SIGTERM)` is TerminateProcess and SIGSTOP/SIGKILL do not exist.
-needs_posix_signals = pytest.mark.skipif(
-    sys.platform == "win32",
-    reason="needs POSIX signals (SIGTERM drain, SIGSTOP/SIGKILL); Windows terminates processes outright",
-)
-
-
-def runnable_backends() -> list[str]:
-    names = []
-    for name in backend_names():
-        try:
-            check_available(name)
-        except BackendUnavailable:
-            continue
-        names.append(name)
-    return names
-
-
-RUNNABLE_BACKENDS = runnable_backends()
-
-
-def standin_backends() -> list[str]:
-    """Backends that cannot run here but whose kernel calls tests/standin_kernels.py stands in for
-    (built on Linux epoll/eventfd), named so every test id says the kernel is mocked."""
-    names = []
-    if hasattr(select, "epoll") and hasattr(os, "eventfd"):
-        if "kqueue" not in RUNNABLE_BACKENDS:
-            names.append("kqueue-mocked_macos_kernel")
-        if "iocp" not in RUNNABLE_BACKENDS:
-            names.append("iocp-mocked_windows_kernel")
-        if "rio" not in RUNNABLE_BACKENDS:
-            names.append("rio-mocked_windows_kernel")
-    return names
-
-
-STANDIN_BACKENDS = standin_backends()
+from framework.io.provider import AsyncIOProvider
+from tests.support import backends
+from tests.support.provider import WAIT_S, Collector, registered_io_pair
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "allows_callback_errors: the test makes completion callbacks raise on purpose"
     )
+    for name, reason in backends.missing_platform_backends().items():
+        # A backend of this very platform that cannot run leaves a column of the matrix untested.
+        config.issue_config_time_warning(
+            pytest.PytestWarning(f"backend {name} of this platform is not tested here: {reason}"), stacklevel=2
+        )
 
 
-@pytest.fixture(params=RUNNABLE_BACKENDS + STANDIN_BACKENDS)
-def provider(request: pytest.FixtureRequest) -> Iterator[AsyncIOProvider]:
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return backends.header()
+
+
+@pytest.fixture
+def standin_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """standin_kernel(name) installs the stand-in kernel a matrix name asks for (nothing for a real
+    backend), undone after the test. The one place tests install them for a matrix backend; an API
+    misuse the stand-in Windows kernel recorded fails the test at teardown."""
+    kernels: list[Any] = []
+
+    def install(name: str) -> None:
+        kernel = backends.install_kernel(name, monkeypatch)
+        if kernel is not None:
+            kernels.append(kernel)
+
+    yield install
+    for kernel in kernels:
+        assert kernel.errors == [], f"the backend misused the (stand-in) Windows API: {kernel.errors}"
+
+
+@pytest.fixture(params=backends.RUNNABLE_BACKENDS + backends.STANDIN_BACKENDS)
+def provider(
+    request: pytest.FixtureRequest, standin_kernel: Callable[[str], None]
+) -> Iterator[AsyncIOProvider]:
     """An initialized provider of each runnable backend (and of each stand-in-kernel backend);
     shut down after the test.
 
     A callback that raises is swallowed by the provider (counted, logged), so an assert inside a
     test's callback would go unseen: the fixture fails such a test unless it is marked
     `allows_callback_errors`. On a stand-in kernel, an API misuse it recorded fails the test too."""
-    name, _, standin = request.param.partition("-mocked_")
-    kernel = None
-    if standin:
-        import standin_kernels  # Linux-only helpers, imported only where they run
-
-        monkeypatch = request.getfixturevalue("monkeypatch")  # undone after this fixture's teardown
-        if standin == "macos_kernel":
-            standin_kernels.install_macos_kernel(monkeypatch)
-        else:
-            kernel = standin_kernels.install_windows_kernel(monkeypatch)
-        p = provider_class(name)()  # not create_provider: its probe() checks the real OS
-    else:
-        p = create_provider(name, fallback=False)
+    standin_kernel(request.param)
+    p = backends.new_provider(request.param)
     assert p.initialize(max_connections=512, max_completion_queue_size=128), getattr(p, "last_error", "")
     yield p
     p.shutdown()
-    if kernel is not None:
-        assert kernel.errors == [], f"the backend misused the (stand-in) Windows API: {kernel.errors}"
     if request.node.get_closest_marker("allows_callback_errors") is None:
         errors = p.get_statistics().backend_specific.get("callback_errors", 0)
         assert errors == 0, f"{errors} completion callback(s) raised during the test (see the log)"
-
-
-class Collector:
-    """A completion callback that records (result, context) pairs."""
-
-    def __init__(self) -> None:
-        self.results: list[CompletionResult] = []
-        self.contexts: list[Any] = []
-
-    def __call__(self, result: CompletionResult, context: Any) -> None:
-        self.results.append(result)
-        self.contexts.append(context)
-
-    def __len__(self) -> int:
-        return len(self.results)
-
-    def by_id(self, op_id: int) -> CompletionResult:
-        for r in self.results:
-            if r.operation_id == op_id:
-                return r
-        raise KeyError(op_id)
-
-
-def pump(
-    provider: AsyncIOProvider,
-    until: Callable[[], bool],
-    timeout_s: float = WAIT_S,
-    max_results: int = 64,
-) -> list[CompletionResult]:
-    """Run process_completions until `until()` holds; returns every result delivered meanwhile.
-    Fails (never hangs) when the condition is not met within the generous deadline."""
-    delivered: list[CompletionResult] = []
-    results: list[CompletionResult] = []
-    deadline = time.monotonic() + timeout_s
-    while not until():
-        assert time.monotonic() < deadline, f"condition not reached; delivered: {delivered[-10:]!r}"
-        n = provider.process_completions(50, max_results, results)
-        assert n >= 0, f"provider failed: {results[:1]!r}"
-        assert n == len(results)
-        delivered.extend(results)
-    return delivered
 
 
 @pytest.fixture
@@ -169,30 +101,6 @@ def make_listener(sockets: list[socket.socket]) -> Callable[..., socket.socket]:
     return make
 
 
-def _registered_io_pair(
-    p: Any, lst: socket.socket, sndbuf: int | None, rcvbuf: int | None, owned: list[socket.socket]
-) -> tuple[socket.socket, socket.socket]:
-    client = p.create_socket(lst.family)
-    owned.append(client)
-    if sndbuf is not None:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-    if rcvbuf is not None:
-        lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # inherited by the accepted socket
-    done = Collector()
-    assert p.register_socket(lst) and p.register_socket(client), p.last_error
-    accept_id = p.accept_async(lst, done)
-    connect_id = p.connect_async(client, lst.getsockname()[:2], done, timeout_ms=int(WAIT_S * 1000))
-    pump(p, lambda: len(done) == 2)
-    assert done.by_id(connect_id).status == Status.SUCCESS, done.results
-    server = done.by_id(accept_id).accepted[0]
-    owned.append(server)
-    assert p.unregister_socket(client) and p.unregister_socket(lst)  # the test registers what it wants
-    for s in (client, server):
-        s.setblocking(True)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return client, server
-
-
 @pytest.fixture
 def make_pair(
     sockets: list[socket.socket], make_listener: Callable[..., socket.socket], request: pytest.FixtureRequest
@@ -211,7 +119,7 @@ def make_pair(
     ) -> tuple[socket.socket, socket.socket]:
         if rio:
             p = request.getfixturevalue("provider")
-            return _registered_io_pair(p, make_listener(host, 1), sndbuf, rcvbuf, sockets)
+            return registered_io_pair(p, make_listener(host, 1), sndbuf, rcvbuf, sockets)
         lst = make_listener(host, 1)
         client = socket.socket(lst.family, socket.SOCK_STREAM)
         sockets.append(client)

@@ -6,11 +6,11 @@ import select
 import socket
 
 import pytest
-from conftest import Collector, pump
 
 from framework.io import Status, create_provider
 from framework.io.backends.epoll import EpollProvider
 from framework.io.provider import SendOperation
+from tests.support.provider import Collector, pump
 
 pytestmark = pytest.mark.skipif(not hasattr(select, "epoll"), reason="epoll is Linux-only")
 

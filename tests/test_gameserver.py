@@ -15,10 +15,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import needs_posix_signals
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -37,9 +35,11 @@ from examples.gameserver.game import (
     Send,
 )
 from framework.config import load_settings
-from framework.io.factory import available_backends
 from framework.session.codec import encode_message
 from loadtests.run import SUMMARY_TITLE
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.gameserver import WAIT, RunningServer
+from tests.support.marks import needs_posix_signals
 
 # --------------------------------------------------------------------------------------------------
 # Game rules (sans-IO)
@@ -285,64 +285,9 @@ def test_any_message_sequence_yields_replies_or_errors_never_exceptions(messages
 # The real server over loopback, on every backend available here
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = available_backends()
-WAIT = 10.0  # generous: the machine is shared
 
 
-def make_settings(backend: str, session: dict[str, Any] | None = None, **app):
-    """Loopback settings for `backend`; `app` overrides the game's settings, `session` the
-    framework's session section (validated, e.g. {"rate_limit": {...}})."""
-    s = load_settings(env={})
-    sess = s.session if session is None else type(s.session).model_validate({**s.session.model_dump(), **session})
-    return s.model_copy(
-        update={
-            "server": s.server.model_copy(update={"hosts": ["127.0.0.1"], "port": 0}),
-            "io": s.io.model_copy(update={"backend": backend, "fallback": False}),
-            "stats": s.stats.model_copy(update={"interval_s": 0}),
-            "session": sess,
-            "app": {**s.app, **app},
-        }
-    )
-
-
-class RunningServer:
-    """A Server serving GameSession in a background thread."""
-
-    def __init__(self, backend: str, session: dict[str, Any] | None = None, **app) -> None:
-        from framework.session.server import Server
-
-        self.server = Server(make_settings(backend, session, **app), GameSession)
-        GameSession.setup_server(self.server)
-        ready: queue.Queue = queue.Queue()
-
-        def run() -> None:
-            try:
-                ready.put(self.server.start())
-                self.server.serve_forever()
-            except BaseException as exc:  # surfaced to the test below
-                ready.put(exc)
-
-        self.thread = threading.Thread(target=run, name=f"gameserver-{backend}", daemon=True)
-        self.thread.start()
-        addresses = ready.get(timeout=WAIT)
-        if isinstance(addresses, BaseException):
-            raise addresses
-        host, port = addresses[0][:2]
-        self.host, self.port = host, port
-
-    def client(self, name: str | None = None) -> GameClient:
-        c = GameClient(self.host, self.port, timeout=WAIT)
-        if name is not None:
-            c.hello(name)
-        return c
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(WAIT * 2)
-        assert not self.thread.is_alive(), "server thread did not stop"
-
-
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=PLATFORM_BACKENDS)
 def game_server(request):
     srv = RunningServer(request.param, max_players_per_room=3)
     yield srv
@@ -428,7 +373,7 @@ def test_invalid_requests_get_errors_and_the_session_survives(game_server):
         assert a.request({"type": "ping", "t": 42})["t"] == 42  # still served
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_framework_rate_limits_guard_chat_join_and_move(backend):
     """GameSession's per-type limits (chat 5/s burst 10, join/create_room 2/s burst 5, move 60/s
     burst 120) are enforced by the framework: the excess never reaches the game, the player gets
@@ -591,7 +536,7 @@ def test_framework_cli_check_config_and_backends(tmp_path):
     assert res.returncode == 2 and "no attribute 'Nope'" in res.stderr
     res = subprocess.run([*run, "backends"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0
-    for name in BACKENDS:
+    for name in PLATFORM_BACKENDS:
         assert f"{name} " in res.stdout and "available" in res.stdout
     assert "iocp" in res.stdout and "unavailable" in res.stdout  # and the reason for the others
 
@@ -619,7 +564,7 @@ def test_framework_serve_runs_any_session_class_until_sigterm():
 
 @pytest.mark.slow
 def test_bot_plays_for_a_few_seconds_without_errors():
-    srv = RunningServer(BACKENDS[0])
+    srv = RunningServer(PLATFORM_BACKENDS[0])
     try:
         res = subprocess.run(
             [sys.executable, "-m", "examples.gameserver.bot", "--count", "6", "--room-size", "3",
@@ -673,7 +618,7 @@ def script_summary(text: str) -> dict[str, dict[str, str]]:
 def test_bot_treats_a_server_shutdown_as_a_clean_end():
     # The server says "shutdown" to every session, drains and closes: that ends the bots' run
     # early with exit status 0, not one error per lost connection.
-    srv = RunningServer(BACKENDS[0])
+    srv = RunningServer(PLATFORM_BACKENDS[0])
     proc = subprocess.Popen(
         [sys.executable, "-m", "examples.gameserver.bot", "--count", "4", "--room-size", "2",
          "--host", srv.host, "--port", str(srv.port), "--duration", "60", "--seed", "2"],

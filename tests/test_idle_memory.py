@@ -9,12 +9,13 @@ import threading
 from typing import Any, ClassVar
 
 import pytest
-from conftest import WAIT_S, pump
-from sessionkit import BACKENDS, make_settings, on_loop, running_server, wait_for
 
 from framework.io import AsyncIOProvider, Status
 from framework.session import Session
 from framework.session.session import _UNRESOLVED
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.provider import WAIT_S, pump
+from tests.support.session import make_settings, on_loop, running_server, wait_for
 
 
 def test_unregister_cancels_only_the_operations_still_pending(
@@ -56,7 +57,7 @@ class _PeerSession(Session):
         type(self).closed.set()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_accepted_session_peer_is_resolved_lazily_and_kept_through_close(backend: str):
     _PeerSession.seen = {}
     _PeerSession.closed = threading.Event()

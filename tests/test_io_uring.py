@@ -22,8 +22,7 @@ from framework.io import BackendUnavailable, CompletionResult, ErrorCode, OpType
 from framework.io.backends import io_uring as uring_mod
 from framework.io.backends.io_uring import DISABLE_ENV, NOT_BUILT_REASON, IoUringProvider
 from framework.io.provider import SendOperation
-from tests.conftest import Collector, pump
-from tests.test_provider_contract import StreamReader, pattern
+from tests.support.provider import Collector, StreamReader, pattern, pump
 
 
 def _unavailable_reason() -> str:

@@ -39,7 +39,9 @@ from framework.legacy import (
     build_packet,
     read_packets,
 )
-from tests.conftest import RUNNABLE_BACKENDS, WAIT_S, needs_posix_signals
+from tests.support.backends import RUNNABLE_BACKENDS
+from tests.support.marks import needs_posix_signals
+from tests.support.provider import WAIT_S
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@ handle_iocp, RAON's reference-count convention, pool guards, cross-thread timers
 "legacy_iocp", and the RAON surface added for it (KickReason, SessionType, a caller's pool, ...).
 
 Real loopback sockets on every runnable backend (epoll, io_uring, legacy_iocp); the close semantics
-also run on the stand-in IOCP kernel (tests/standin_kernels.py; the test id says it is mocked).
+also run on the stand-in IOCP kernel (tests/support/standin_kernels.py; the test id says it is mocked).
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from examples.legacy_chat.protocol import PacketId, parse_chat_notify, text_packet
-from framework.io.factory import create_provider, provider_class
 from framework.legacy import (
     IocpCore,
     IocpObject,
@@ -36,43 +34,34 @@ from framework.legacy import (
     build_packet,
     read_packets,
 )
-from tests.conftest import RUNNABLE_BACKENDS, STANDIN_BACKENDS, WAIT_S
+from tests.support.backends import RUNNABLE_BACKENDS, STANDIN_BACKENDS, new_provider
+from tests.support.provider import WAIT_S
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS_FULL = ["--workers", "4", "--max-members", "1"]
 IOCP_STANDIN = [name for name in STANDIN_BACKENDS if name.startswith("iocp-")]
 
 
-def _make_core(request: pytest.FixtureRequest, name: str) -> tuple[IocpCore, Any]:
-    backend, _, standin = name.partition("-mocked_")
-    kernel = None
-    if standin:
-        import standin_kernels  # Linux-only helpers, imported only where they run
-
-        kernel = standin_kernels.install_windows_kernel(request.getfixturevalue("monkeypatch"))
-        provider = provider_class(backend)()  # not create_provider: its probe() checks the real OS
-    else:
-        provider = create_provider(backend, fallback=False)
-    core = IocpCore(provider=provider, max_connections=256)
+def _make_core(name: str) -> IocpCore:
+    core = IocpCore(provider=new_provider(name), max_connections=256)
     assert core.initialize(), core.last_error
-    return core, kernel
+    return core
 
 
 @pytest.fixture(params=RUNNABLE_BACKENDS)
 def core(request: pytest.FixtureRequest) -> Iterator[IocpCore]:
-    c, _ = _make_core(request, request.param)
+    c = _make_core(request.param)
     yield c
     c.shutdown()
 
 
 @pytest.fixture(params=RUNNABLE_BACKENDS + IOCP_STANDIN)
-def any_core(request: pytest.FixtureRequest) -> Iterator[IocpCore]:
+def any_core(request: pytest.FixtureRequest, standin_kernel: Callable[[str], None]) -> Iterator[IocpCore]:
     """`core`, plus the IOCP backend on the stand-in Windows kernel."""
-    c, kernel = _make_core(request, request.param)
+    standin_kernel(request.param)
+    c = _make_core(request.param)
     yield c
     c.shutdown()
-    if kernel is not None:
-        assert kernel.errors == [], f"the backend misused the (stand-in) Windows API: {kernel.errors}"
 
 
 def pump(core: IocpCore, until: Callable[[], bool], timeout_s: float = WAIT_S) -> None:

@@ -18,12 +18,13 @@ from loadtests.rooms import join_room
 from loadtests.run import main as loadtest_main
 from loadtests.run import rooms_env
 from loadtests.soak import main as soak_main
-from tests.test_gameserver import BACKENDS, WAIT, RunningServer
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.gameserver import WAIT, RunningServer
 
 THINK_S = 0.02  # most between a player's room switches: players are rarely all mid-switch at once
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=PLATFORM_BACKENDS)
 def backend(request) -> str:
     return request.param
 
@@ -125,7 +126,7 @@ def test_players_switching_rooms_concurrently_never_fail(backend):
     time on a server with rooms of 3 (at most 6: always a seat somewhere); races for seats end in
     retries, none in a failure."""
     # Players here switch rooms every few ms, far faster than the game's join rate limit allows
-    # (tests/test_reliability_ratelimit.py covers that): lifted, so room choice is what is tested.
+    # (tests/reliability/test_ratelimit.py covers that): lifted, so room choice is what is tested.
     fast_joins = {"rate_limit": {"per_type": {"join": {"per_s": 1000, "burst": 1000}}}}
     srv = RunningServer(backend, session=fast_joins, max_players_per_room=3, max_rooms=6)
     players, switches = 10, 40

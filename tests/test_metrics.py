@@ -19,23 +19,15 @@ from typing import Any
 
 import msgpack
 import pytest
-from hostile import rst_close
-from sessionkit import (
-    BACKENDS,
-    SESSION_BACKENDS,
-    WAIT_S,
-    FrameClient,
-    frame,
-    make_settings,
-    running_server,
-    wait_for,
-)
 
 from framework.metrics.docs import example_server, markdown, sample_names
 from framework.metrics.top import Node, parse, quantile, render
 from framework.session import Session
 from framework.session.reasons import CLOSE_CODES, close_code
 from framework.session.server import worker_settings
+from tests.support.backends import PLATFORM_BACKENDS, SESSION_BACKENDS
+from tests.support.hostile import rst_close
+from tests.support.session import WAIT_S, FrameClient, frame, make_settings, running_server, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -149,7 +141,7 @@ def test_counters_follow_the_traffic_and_every_close_path(backend: str) -> None:
 
 
 def test_idle_timeout_and_max_connections_refusal_are_counted() -> None:
-    settings = metrics_settings(BACKENDS[0], session={"idle_timeout_s": 0.3}, io={"max_connections": 1})
+    settings = metrics_settings(PLATFORM_BACKENDS[0], session={"idle_timeout_s": 0.3}, io={"max_connections": 1})
     with running_server(settings, Scripted) as server:
         first = FrameClient(server.addresses[0])
         # A session that has spoken is never evicted for a newcomer (slot reclaim takes only
@@ -170,7 +162,7 @@ def test_idle_timeout_and_max_connections_refusal_are_counted() -> None:
 
 def test_readyz_flips_when_the_drain_starts_and_healthz_stays_up() -> None:
     settings = metrics_settings(
-        BACKENDS[0],
+        PLATFORM_BACKENDS[0],
         shutdown={"drain_timeout_s": 10.0},
         session={"write_high_water": 1 << 20, "write_low_water": 1 << 16, "write_hard_cap": 64 << 20},
     )
@@ -206,7 +198,7 @@ class Blocking(Session):
 
 
 def test_healthz_is_503_while_a_handler_blocks_the_loop() -> None:
-    with running_server(metrics_settings(BACKENDS[0]), Blocking) as server:
+    with running_server(metrics_settings(PLATFORM_BACKENDS[0]), Blocking) as server:
         host, port = server.metrics.address
         url = f"http://{host}:{port}/healthz"
         assert get(url)[0] == 200
@@ -223,7 +215,7 @@ def test_healthz_is_503_while_a_handler_blocks_the_loop() -> None:
 
 
 def test_readiness_checks_of_the_application() -> None:
-    with running_server(metrics_settings(BACKENDS[0]), Scripted) as server:
+    with running_server(metrics_settings(PLATFORM_BACKENDS[0]), Scripted) as server:
         host, port = server.metrics.address
         redis_up = threading.Event()
         server.metrics.add_readiness_check("redis", redis_up.is_set)
@@ -234,7 +226,7 @@ def test_readiness_checks_of_the_application() -> None:
 
 
 def test_loop_turns_are_timed_only_when_sampled() -> None:
-    with running_server(metrics_settings(BACKENDS[0]), Scripted) as server:
+    with running_server(metrics_settings(PLATFORM_BACKENDS[0]), Scripted) as server:
         wait_for(lambda: value(scrape(server), "raon_loop_turn_seconds_count") >= 3, what="timed turns")
         count = value(scrape(server), "raon_loop_turn_seconds_count")
         # About 10 timed turns per second (one per probe), however many turns the loop makes.
@@ -247,7 +239,7 @@ def test_game_metrics_show_rooms_players_and_snapshots() -> None:
     from examples.gameserver.app import GameSession
     from examples.gameserver.client import GameClient
 
-    settings = metrics_settings(BACKENDS[0], app={"tick_hz": 50})
+    settings = metrics_settings(PLATFORM_BACKENDS[0], app={"tick_hz": 50})
     with running_server(settings, GameSession) as server:
         clients = [GameClient(*server.addresses[0], timeout=WAIT_S) for _ in range(3)]
         for i, c in enumerate(clients):
@@ -323,13 +315,13 @@ def _answers(url: str) -> int:
 
 
 def test_worker_ports_count_up_from_the_configured_one() -> None:
-    settings = make_settings(BACKENDS[0], metrics={"listen": "[::1]:9100"})
+    settings = make_settings(PLATFORM_BACKENDS[0], metrics={"listen": "[::1]:9100"})
     assert [worker_settings(settings, i).metrics.listen for i in range(3)] == [
         "[::1]:9100",
         "[::1]:9101",
         "[::1]:9102",
     ]
-    any_port = make_settings(BACKENDS[0], metrics={"listen": "127.0.0.1:0"})
+    any_port = make_settings(PLATFORM_BACKENDS[0], metrics={"listen": "127.0.0.1:0"})
     assert worker_settings(any_port, 5).metrics.listen == "127.0.0.1:0"
 
 
@@ -361,7 +353,7 @@ def test_top_renders_a_frame_in_a_pseudo_terminal() -> None:
     from examples.gameserver.app import GameSession
     from examples.gameserver.client import GameClient
 
-    with running_server(metrics_settings(BACKENDS[0]), GameSession) as server:
+    with running_server(metrics_settings(PLATFORM_BACKENDS[0]), GameSession) as server:
         clients = [GameClient(*server.addresses[0], timeout=WAIT_S) for _ in range(2)]
         for i, c in enumerate(clients):
             c.hello(f"t{i}")
@@ -449,7 +441,7 @@ def test_a_metrics_port_in_use_fails_the_start_and_says_which_setting() -> None:
     port = taken.getsockname()[1]
     from framework.session.server import Server
 
-    server = Server(make_settings(BACKENDS[0], metrics={"listen": f"127.0.0.1:{port}"}), Scripted)
+    server = Server(make_settings(PLATFORM_BACKENDS[0], metrics={"listen": f"127.0.0.1:{port}"}), Scripted)
     try:
         with pytest.raises(OSError, match=rf"metrics.listen 127.0.0.1:{port}: .*in use"):
             server.start()

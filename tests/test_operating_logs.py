@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from hostile import rst_close
-from sessionkit import BACKENDS, WAIT_S, FrameClient, make_settings, running_server, wait_for
 from structlog.testing import capture_logs
 
 from framework.session import Client, Session
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.hostile import rst_close
+from tests.support.session import WAIT_S, FrameClient, make_settings, running_server, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +32,7 @@ class Streamer(Session):
         self._timer.cancel()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_a_client_that_goes_away_is_not_logged_as_an_aborted_session(backend: str) -> None:
     settings = make_settings(backend, session={"codec": "raw"})
     with capture_logs() as logs, running_server(settings, Streamer) as server:
@@ -48,7 +49,7 @@ def test_a_client_that_goes_away_is_not_logged_as_an_aborted_session(backend: st
 
 
 def test_server_decisions_are_still_logged_at_info() -> None:
-    settings = make_settings(BACKENDS[0], session={"idle_timeout_s": 0.2})
+    settings = make_settings(PLATFORM_BACKENDS[0], session={"idle_timeout_s": 0.2})
     with capture_logs() as logs, running_server(settings, Session) as server:
         peer = FrameClient(server.addresses[0])
         assert peer.closed_by_peer()
@@ -62,14 +63,14 @@ def test_connect_refused_says_connect_failed_once() -> None:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()  # nothing listens there now
-    with Client(make_settings(BACKENDS[0])) as client, pytest.raises(ConnectionError) as info:
+    with Client(make_settings(PLATFORM_BACKENDS[0])) as client, pytest.raises(ConnectionError) as info:
         client.connect("127.0.0.1", port, timeout_s=WAIT_S)
     assert str(info.value) == f"connect to 127.0.0.1:{port} failed: connection refused"
 
 
 def test_an_unresolvable_host_raises_connection_error() -> None:
     # ".invalid" never resolves (RFC 2606); the documented error is ConnectionError, not gaierror.
-    with Client(make_settings(BACKENDS[0])) as client, pytest.raises(ConnectionError) as info:
+    with Client(make_settings(PLATFORM_BACKENDS[0])) as client, pytest.raises(ConnectionError) as info:
         client.connect("no-such-host.invalid", 7777, timeout_s=WAIT_S)
     assert "cannot resolve 'no-such-host.invalid'" in str(info.value)
     assert not isinstance(info.value, socket.gaierror)
@@ -94,7 +95,7 @@ class AsyncThenFailing(Session):
 def test_a_handler_traceback_does_not_start_with_the_loops_stop_iteration() -> None:
     # The failing handler runs when the async one finishes (StopIteration inside the loop): it must
     # not run inside that except block, or its traceback begins "During handling of StopIteration".
-    settings = make_settings(BACKENDS[0], session={"handler_errors": "keep"})
+    settings = make_settings(PLATFORM_BACKENDS[0], session={"handler_errors": "keep"})
     AsyncThenFailing.context_seen = []
     with capture_logs() as logs, running_server(settings, AsyncThenFailing) as server:
         peer = FrameClient(server.addresses[0])
@@ -108,7 +109,7 @@ def test_a_handler_traceback_does_not_start_with_the_loops_stop_iteration() -> N
 
 
 def test_the_stats_record_counts_what_its_names_say() -> None:
-    settings = make_settings(BACKENDS[0], stats={"interval_s": 0.2})
+    settings = make_settings(PLATFORM_BACKENDS[0], stats={"interval_s": 0.2})
     with capture_logs() as logs, running_server(settings, Session) as server:
         peer = FrameClient(server.addresses[0])
         wait_for(lambda: len(server.registry) == 1, what="a session")
@@ -130,11 +131,9 @@ def test_the_framework_prints_no_debug_lines_before_logging_is_configured() -> N
     # A script that uses the framework without configure_logging: its stdout stays its own.
     script = textwrap.dedent(
         f"""
-        import sys
-        sys.path.insert(0, {str(ROOT / "tests")!r})
-        from sessionkit import FrameClient, make_settings, running_server, wait_for
+        from tests.support.session import FrameClient, make_settings, running_server, wait_for
         from framework.session import Session
-        with running_server(make_settings({BACKENDS[0]!r}), Session) as server:
+        with running_server(make_settings({PLATFORM_BACKENDS[0]!r}), Session) as server:
             FrameClient(server.addresses[0]).close()
             wait_for(lambda: server.sessions_closed == 1)
         print("script output")

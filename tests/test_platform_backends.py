@@ -23,9 +23,6 @@ from typing import Any
 
 import cffi
 import pytest
-from conftest import WAIT_S, Collector, pump
-from standin_kernels import StandinKevent as FakeKevent
-from standin_kernels import install_macos_kernel, install_windows_kernel
 
 from framework.io import BackendUnavailable, ErrorCode, Status, create_provider, factory
 from framework.io.backends import _windows_cffi as win
@@ -43,6 +40,9 @@ from framework.io.backends.kqueue import (
 from framework.io.backends.rio import RioProvider
 from framework.io.errors import map_wsa_error
 from framework.io.provider import AsyncIOProvider, CompletionResult
+from tests.support.provider import WAIT_S, Collector, pump
+from tests.support.standin_kernels import StandinKevent as FakeKevent
+from tests.support.standin_kernels import install_macos_kernel, install_windows_kernel
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="checks Linux's answers")
 macos_only = pytest.mark.skipif(sys.platform != "darwin", reason="needs the real macOS kqueue")
@@ -266,7 +266,7 @@ def recording_kernel(monkeypatch):
 def epoll_kernel(monkeypatch):
     if not hasattr(select, "epoll"):
         pytest.skip("the stand-in kernel is built on Linux epoll")
-    install_macos_kernel(monkeypatch)  # the contract suite's stand-in (tests/standin_kernels.py)
+    install_macos_kernel(monkeypatch)  # the contract suite's stand-in (tests/support/standin_kernels.py)
 
 
 @pytest.fixture
@@ -489,7 +489,7 @@ def test_kqueue_is_the_macos_choice():
 
 
 def _real_or_standin_windows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The real Windows kernel on Windows; elsewhere the stand-in (tests/standin_kernels.py), and
+    """The real Windows kernel on Windows; elsewhere the stand-in (tests/support/standin_kernels.py), and
     then the test id says `mocked_windows_kernel`. Returns the stand-in (None on Windows)."""
     if request.param == "windows":
         if sys.platform != "win32":

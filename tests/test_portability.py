@@ -1,6 +1,6 @@
 """The test suite itself is portable: every test module imports (pytest collects it) on Windows
 and on macOS, where `resource` and `/proc` do not exist. Both OSes are simulated on this machine
-(tests/simulated_platform.py) so a Linux-only import is caught here, not on the CI runner."""
+(tests/support/simulated_platform.py) so a Linux-only import is caught here, not on the CI runner."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ ROOT = TESTS.parent
 @pytest.mark.parametrize("target", ["win32", "darwin"])
 def test_every_test_module_imports_with_resource_and_proc_absent(target):
     proc = subprocess.run(
-        [sys.executable, str(TESTS / "simulated_platform.py"), target, "tests"],
+        [sys.executable, str(TESTS / "support" / "simulated_platform.py"), target, "tests"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "error" not in out.splitlines()[-1].lower(), out[-4000:]
-    modules = sorted(p.name for p in TESTS.glob("test_*.py"))
-    collected = {line.split("::")[0].rpartition("/")[2] for line in proc.stdout.splitlines() if "::" in line}
+    modules = sorted(p.relative_to(ROOT).as_posix() for p in TESTS.rglob("test_*.py"))
+    collected = {line.split("::")[0] for line in proc.stdout.splitlines() if "::" in line}
     assert [m for m in modules if m not in collected] == []
 
 

@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import pytest
-from conftest import WAIT_S, Collector, pump
 
 from framework.io import (
     AsyncIOProvider,
@@ -27,43 +26,7 @@ from framework.io import (
     SendOperation,
     Status,
 )
-
-
-def pattern(n: int, seed: int = 0) -> bytes:
-    """Deterministic, non-repeating-looking bytes, so a reordered or lost chunk is caught."""
-    return bytes((i * 31 + seed + (i >> 8) * 7) & 0xFF for i in range(n))
-
-
-class StreamReader:
-    """Keeps one recv posted on `sock` until `want` bytes (or EOF / an error) arrived."""
-
-    def __init__(self, provider: AsyncIOProvider, sock: socket.socket, want: int, chunk: int = 65536):
-        self.provider = provider
-        self.sock = sock
-        self.want = want
-        self.data = bytearray()
-        self.buf = bytearray(chunk)
-        self.eof = False
-        self.error: CompletionResult | None = None
-        self._post()
-
-    def _post(self) -> None:
-        assert self.provider.recv_async(self.sock, self.buf, self._on_recv) > 0
-
-    def _on_recv(self, result: CompletionResult, _ctx: Any) -> None:
-        if result.status != Status.SUCCESS:
-            self.error = result
-            return
-        if result.bytes_transferred == 0:
-            self.eof = True
-            return
-        self.data += self.buf[: result.bytes_transferred]
-        if len(self.data) < self.want:
-            self._post()
-
-    @property
-    def done(self) -> bool:
-        return len(self.data) >= self.want or self.eof or self.error is not None
+from tests.support.provider import WAIT_S, Collector, StreamReader, pattern, pump
 
 
 def registered_pair(provider: AsyncIOProvider, make_pair, **kw) -> tuple[socket.socket, socket.socket]:

@@ -12,8 +12,8 @@ import pytest
 
 from framework import Client, Server, Session
 from framework.session import ProtocolError, SessionId
-from tests.sessionkit import (
-    SESSION_BACKENDS,
+from tests.support.backends import SESSION_BACKENDS
+from tests.support.session import (
     WAIT_S,
     FrameClient,
     fd_count,

@@ -8,7 +8,7 @@ import pytest
 from framework.io.factory import create_provider
 from framework.session import BufferPool, Session, SessionId, SessionRegistry
 from framework.session.context import OpContext
-from tests.sessionkit import BACKENDS
+from tests.support.backends import PLATFORM_BACKENDS
 
 
 class Member(Session):
@@ -81,7 +81,7 @@ def test_group_membership_broadcast_and_auto_leave() -> None:
     assert not members[0]._groups
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=PLATFORM_BACKENDS)
 def provider(request: pytest.FixtureRequest):
     p = create_provider(request.param, fallback=False)
     assert p.initialize(64, 64)

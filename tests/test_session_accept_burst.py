@@ -14,7 +14,8 @@ import time
 import pytest
 
 from examples.echo import BROADCAST_GROUP, BroadcastSession, start_broadcast
-from tests.sessionkit import BACKENDS, HEADER, make_settings, on_loop, running_server
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.session import HEADER, make_settings, on_loop, running_server
 
 CLIENTS = 2000
 PAYLOAD = 512
@@ -22,7 +23,7 @@ DEADLINE_S = 60.0
 MAX_PENDING = 256  # connects not yet answered by a broadcast: keeps the listen backlog from overflowing
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=PLATFORM_BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_posix_signals
 
-from tests.sessionkit import BACKENDS, WAIT_S, FrameClient
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.marks import needs_posix_signals
+from tests.support.session import WAIT_S, FrameClient
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(90)
@@ -26,7 +27,7 @@ class ServerProcess:
     def __init__(self, *args: str) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.session_drain_server", *args],
+            [sys.executable, "-m", "tests.support.session_drain_server", *args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -80,7 +81,7 @@ class ServerProcess:
 
 
 @needs_posix_signals
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_sigterm_delivers_every_queued_frame_then_exits_0(backend: str) -> None:
     server = ServerProcess("drain", backend)
     try:
@@ -106,7 +107,7 @@ def test_sigterm_delivers_every_queued_frame_then_exits_0(backend: str) -> None:
 @needs_posix_signals
 @pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
 def test_workers_share_the_port_and_stop_on_sigterm() -> None:
-    server = ServerProcess("workers", BACKENDS[-1])
+    server = ServerProcess("workers", PLATFORM_BACKENDS[-1])
     try:
         port = int(server.wait_mark("supervising"))
         deadline = time.monotonic() + WAIT_S

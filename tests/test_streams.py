@@ -10,6 +10,7 @@ io_uring's buffer ring stay io_uring-only. Real loopback TCP sockets, driven by
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 import struct
 import time
@@ -20,34 +21,14 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
-from conftest import RUNNABLE_BACKENDS, STANDIN_BACKENDS, WAIT_S
 
-from framework.io import AsyncIOProvider, ErrorCode, create_provider
-from framework.io.factory import provider_class
+from framework.io import AsyncIOProvider, ErrorCode
 from framework.io.provider import STREAM_DRAINED, STREAM_EOF, STREAM_ERROR
+from tests.support.backends import new_provider as new_backend_provider
+from tests.support.backends import stream_backends
+from tests.support.provider import WAIT_S
 
-
-def _stream_backends() -> list[str]:
-    """Backends reporting "Streams" here; stand-in kernels are asked before initialize (their
-    kernel is installed per test), real ones once initialized (io_uring decides then)."""
-    names = []
-    for name in RUNNABLE_BACKENDS:
-        p = create_provider(name, fallback=False)
-        try:
-            if p.initialize(8, 8) and p.supports_feature("Streams"):
-                names.append(name)
-        finally:
-            p.shutdown()
-    for name in STANDIN_BACKENDS:
-        try:
-            if provider_class(name.partition("-mocked_")[0])().supports_feature("Streams"):
-                names.append(name)
-        except Exception:  # a class that needs its kernel even to be created has no say here
-            continue
-    return names
-
-
-STREAM_BACKENDS = _stream_backends()
+STREAM_BACKENDS = stream_backends()
 URING = [name for name in STREAM_BACKENDS if name == "io_uring"]  # its buffer ring's own cases
 pytestmark = pytest.mark.timeout(60)
 
@@ -133,25 +114,10 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def new_provider(backend: str, request: pytest.FixtureRequest) -> Iterator[Callable[[], AsyncIOProvider]]:
+def new_provider(backend: str, standin_kernel: Callable[[str], None]) -> Callable[[], AsyncIOProvider]:
     """new_provider() -> an uninitialized provider of `backend` (its stand-in kernel installed)."""
-    name, _, standin = backend.partition("-mocked_")
-    kernels: list[Any] = []
-    if standin:
-        import standin_kernels  # Linux-only helpers, imported only where they run
-
-        monkeypatch = request.getfixturevalue("monkeypatch")  # undone after this fixture's teardown
-        if standin == "macos_kernel":
-            standin_kernels.install_macos_kernel(monkeypatch)
-        else:
-            kernels.append(standin_kernels.install_windows_kernel(monkeypatch))
-
-    def make() -> AsyncIOProvider:
-        return provider_class(name)() if standin else create_provider(name, fallback=False)
-
-    yield make
-    for kernel in kernels:
-        assert kernel.errors == [], f"the backend misused the (stand-in) Windows API: {kernel.errors}"
+    standin_kernel(backend)
+    return functools.partial(new_backend_provider, backend)
 
 
 @pytest.fixture

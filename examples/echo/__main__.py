@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 update={"max_buffers": max(args.max_connections, s.buffers.max_buffers)}
             ),
             # a benchmark holds idle connections for a while: no idle timeout; it measures the
-            # framework's throughput, so no rate limits either (tests/test_reliability_ratelimit.py)
+            # framework's throughput, so no rate limits either (tests/reliability/test_ratelimit.py)
             "session": s.session.model_copy(
                 update={
                     "codec": "raw",

@@ -14,17 +14,11 @@ from typing import Any
 import msgpack
 
 from framework.config import Settings, load_settings
-from framework.io.factory import available_backends
 from framework.session import Server, Session
 from loadtests.soak import fd_count  # noqa: F401  (portable, through psutil; re-exported)
+from tests.support.backends import OPERATIONS
 
 WAIT_S = 15.0  # generous: the machine is shared and the CPU contended
-BACKENDS = available_backends()
-# The session host has two I/O paths: provider streams where the backend offers them, and one
-# operation per receive and send elsewhere (IOCP, RIO, the legacy adapter). Host suites run the
-# second one on Linux too through this variant: "<backend>-operations" = streams turned off.
-OPERATIONS = "-operations"
-SESSION_BACKENDS = [*BACKENDS, BACKENDS[0] + OPERATIONS] if BACKENDS else []
 HEADER = struct.Struct(">I")
 
 

@@ -8,7 +8,9 @@ import socket
 from typing import Any
 
 import pytest
-from hostile import (
+
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.hostile import (
     EchoSession,
     closing_all,
     connect,
@@ -18,8 +20,6 @@ from hostile import (
     serving,
     wait_for,
 )
-
-from framework.io.factory import available_backends
 
 HIGH = 64 * 1024
 LOW = 16 * 1024
@@ -56,7 +56,7 @@ class Producer(EchoSession):
             self.send_frame(frame)
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_a_client_that_never_reads_is_closed_as_slow_consumer_within_the_cap(backend):
     Producer.peak_before_send = 0
     Producer.paused_seen = False

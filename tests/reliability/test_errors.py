@@ -15,12 +15,21 @@ import threading
 from typing import Any
 
 import pytest
-from hostile import EchoSession, ServerThread, connect, make_settings, read_until_closed, round_trip, wait_for
 from structlog.testing import capture_logs
 
 from framework.io.errors import ErrorCode
-from framework.io.factory import available_backends, provider_class
+from framework.io.factory import provider_class
 from framework.io.provider import AsyncIOProvider, CompletionResult, Status
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.hostile import (
+    EchoSession,
+    ServerThread,
+    connect,
+    make_settings,
+    read_until_closed,
+    round_trip,
+    wait_for,
+)
 
 
 def faulty_provider(backend: str) -> Any:
@@ -60,7 +69,7 @@ def _warnings(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in logs if e.get("log_level") in ("warning", "error", "critical", "exception")]
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_transient_completion_loop_failures_are_retried_and_sessions_do_not_notice(backend):
     provider = faulty_provider(backend)
     with capture_logs() as logs:
@@ -82,7 +91,7 @@ def test_transient_completion_loop_failures_are_retried_and_sessions_do_not_noti
     assert len(retried) >= 6, f"each retry is logged as a warning: {_warnings(logs)}"
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_an_error_rate_above_five_percent_logs_a_warning(backend):
     provider = faulty_provider(backend)
     with capture_logs() as logs:
@@ -101,7 +110,7 @@ def test_an_error_rate_above_five_percent_logs_a_warning(backend):
             st.stop()
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_an_unrecoverable_provider_error_shuts_the_server_down_gracefully(backend):
     provider = faulty_provider(backend)
     with capture_logs() as logs:

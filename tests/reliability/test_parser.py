@@ -3,8 +3,8 @@ any other exception, never memory beyond what arrived (bounded by max_frame_size
 does not depend on how the bytes were split into receives.
 
 Property tests run with the "reliability" hypothesis profile in `make test` and with the "fuzz"
-profile (>= 100,000 examples each) in `make fuzz` (see tests/hostile.py). The end-to-end half
-(hostile frames over loopback close only that session) is in test_reliability_parser_e2e.py.
+profile (>= 100,000 examples each) in `make fuzz` (see tests/support/hostile.py). The end-to-end
+half (hostile frames over loopback close only that session) is at the end of this file.
 """
 
 from __future__ import annotations
@@ -16,7 +16,21 @@ from typing import Any
 
 import msgpack
 import pytest
-from hostile import (
+from hypothesis import given
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from framework.config import SessionSettings
+from framework.session.codec import (
+    HEADER_SIZE,
+    FrameDecoder,
+    ProtocolError,
+    encode_frame,
+    encode_message,
+    make_payload_decoder,
+)
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.hostile import (
     PARSER_SETTINGS,
     EchoSession,
     connect,
@@ -27,20 +41,6 @@ from hostile import (
     round_trip,
     serving,
     wait_for,
-)
-from hypothesis import given
-from hypothesis import strategies as st
-from structlog.testing import capture_logs
-
-from framework.config import SessionSettings
-from framework.io.factory import available_backends
-from framework.session.codec import (
-    HEADER_SIZE,
-    FrameDecoder,
-    ProtocolError,
-    encode_frame,
-    encode_message,
-    make_payload_decoder,
 )
 
 # Small limits so random inputs hit every limit often.
@@ -286,7 +286,7 @@ E2E_CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_hostile_frames_close_only_their_session_with_a_logged_reason(backend):
     with serving(
         backend,
@@ -318,7 +318,7 @@ def test_hostile_frames_close_only_their_session_with_a_logged_reason(backend):
             good.close()
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_truncated_frame_then_fin_is_discarded_and_closes_cleanly(backend):
     received: list[Any] = []
 

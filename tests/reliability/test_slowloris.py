@@ -8,16 +8,16 @@ import socket
 import time
 
 import pytest
-from hostile import WAIT_S, closing_all, connect, round_trip, serving, wait_for
 
-from framework.io.factory import available_backends
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.hostile import WAIT_S, closing_all, connect, round_trip, serving, wait_for
 
 SLOW_CLIENTS = 1000
 IDLE_TIMEOUT_S = 2.0
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_slowloris_connections_are_closed_by_idle_timeout_while_a_normal_client_works(backend):
     with serving(
         backend,

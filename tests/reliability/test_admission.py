@@ -19,19 +19,12 @@ import time
 from typing import Any, ClassVar
 
 import pytest
-from sessionkit import (
-    SESSION_BACKENDS,
-    WAIT_S,
-    FrameClient,
-    make_settings,
-    on_loop,
-    running_server,
-    wait_for,
-)
 
 from framework.session import Session
 from framework.session.codec import HEARTBEAT_FRAME
 from framework.session.server import EVICTED, FIRST_MESSAGE_TIMEOUT
+from tests.support.backends import SESSION_BACKENDS
+from tests.support.session import WAIT_S, FrameClient, make_settings, on_loop, running_server, wait_for
 
 
 class _Echo(Session):

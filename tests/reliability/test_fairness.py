@@ -19,8 +19,10 @@ from typing import Any, ClassVar
 
 import msgpack
 import pytest
-from sessionkit import (
-    SESSION_BACKENDS,
+
+from framework.session import Session
+from tests.support.backends import SESSION_BACKENDS
+from tests.support.session import (
     FrameClient,
     frame,
     make_settings,
@@ -30,10 +32,8 @@ from sessionkit import (
     wait_for,
 )
 
-from framework.session import Session
-
 BUDGET = 16
-# These clients flood on purpose: the per-session rate limits (tests/test_reliability_ratelimit.py)
+# These clients flood on purpose: the per-session rate limits (tests/reliability/test_ratelimit.py)
 # would close them first.
 NO_RATE_LIMIT = {"messages_per_s": 0, "bytes_per_s": 0}
 

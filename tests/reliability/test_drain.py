@@ -11,10 +11,18 @@ import time
 from typing import Any
 
 import pytest
-from conftest import needs_posix_signals
-from hostile import WAIT_S, ServerProcess, connect, make_settings, msg_frame, recv_message, wait_for
 
-from framework.io.factory import available_backends
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.hostile import (
+    WAIT_S,
+    ServerProcess,
+    connect,
+    make_settings,
+    msg_frame,
+    recv_message,
+    wait_for,
+)
+from tests.support.marks import needs_posix_signals
 
 BOTS = 16
 DRAIN_S = 5.0
@@ -53,10 +61,10 @@ class Bot(threading.Thread):
 
 @needs_posix_signals
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_sigterm_under_load_delivers_every_queued_frame_refuses_new_connections_and_exits_0(backend, tmp_path):
     settings = make_settings(backend, shutdown={"drain_timeout_s": DRAIN_S})
-    server = ServerProcess(tmp_path, settings, app="hostile:CountingSession")
+    server = ServerProcess(tmp_path, settings, app="tests.support.hostile:CountingSession")
     try:
         bots = [Bot(server.address) for _ in range(BOTS)]
         for b in bots:

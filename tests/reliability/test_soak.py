@@ -10,15 +10,15 @@ import subprocess
 import sys
 
 import pytest
-from conftest import needs_posix_signals
 
-from framework.io.factory import available_backends
 from loadtests.soak import ROOT, Sample, verdict
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.marks import needs_posix_signals
 
 
 @pytest.mark.slow
 @needs_posix_signals  # the soak's verdict includes "SIGTERM stops the server with status 0"
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_soak_smoke_run_stays_flat(backend, tmp_path):
     """Through `make soak` with PORT, as an operator runs it."""
     with socket.socket() as s:

@@ -1,6 +1,6 @@
 """Run `pytest --collect-only` as if this were Windows or macOS (used by tests/test_portability.py).
 
-    python tests/simulated_platform.py win32|darwin [pytest args...]
+    python tests/support/simulated_platform.py win32|darwin [pytest args...]
 
 Collection imports every test module, so a module that reaches for an OS facility at import time
 (`resource`, `fcntl`, `/proc`, `select.epoll`, `os.eventfd`) fails here as it would on that OS's CI
@@ -25,7 +25,7 @@ _PRELOAD = (
     "asyncio", "concurrent.futures", "ctypes", "ctypes.util", "email", "getpass", "http.client",
     "json", "locale", "logging", "mimetypes", "multiprocessing", "pathlib", "platform", "selectors",
     "shutil", "signal", "socket", "ssl", "subprocess", "tempfile", "threading", "urllib.request",
-    "uuid", "cffi", "hypothesis", "msgpack", "psutil", "pydantic", "pydantic_settings", "pytest",
+    "uuid", "cffi", "hypothesis", "msgpack", "pexpect", "psutil", "pydantic", "pydantic_settings", "pytest",
     "structlog", "yaml",
 )  # fmt: skip
 _MISSING_MODULES = {"win32": ("resource", "fcntl", "termios", "pwd", "grp"), "darwin": ("resource",)}

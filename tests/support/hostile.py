@@ -1,4 +1,4 @@
-"""Shared helpers for the reliability suite (tests/test_reliability_*.py): hypothesis profiles,
+"""Shared helpers for the reliability suite (tests/reliability/): hypothesis profiles,
 hostile loopback clients, descriptor counting and process sampling.
 
 Hypothesis profiles: "reliability" (the default: a few thousand examples in all, so `make test`
@@ -26,11 +26,11 @@ from typing import Any
 
 import msgpack
 from hypothesis import HealthCheck, settings
-from sessionkit import fd_count  # noqa: F401  (re-exported for the reliability tests)
 
 from framework.session.session import Session
+from tests.support.session import fd_count  # noqa: F401  (re-exported for the reliability tests)
 
-TESTS_DIR = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 WAIT_S = 10.0  # generous deadline for "this must eventually happen" (2 shared cores)
 
 settings.register_profile(
@@ -289,11 +289,11 @@ def _limit_nofile(soft: int) -> None:
 
 
 class ServerProcess:
-    """`python -m framework serve --app hostile:<class>` in a subprocess, JSON logs to a file;
+    """`python -m framework serve --app tests.support.hostile:<class>` in a subprocess, JSON logs to a file;
     `address` is parsed from its "listening" log line."""
 
     def __init__(
-        self, tmp_path: Path, settings: Any, app: str = "hostile:EchoSession", nofile: int | None = None
+        self, tmp_path: Path, settings: Any, app: str = "tests.support.hostile:EchoSession", nofile: int | None = None
     ) -> None:
         import yaml
 
@@ -303,11 +303,11 @@ class ServerProcess:
         config.write_text(yaml.safe_dump(data))
         self.log_path = tmp_path / "server.log"
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "framework", "serve", "--app", app, "--config", str(config)],
-                cwd=TESTS_DIR.parent, env=env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                 preexec_fn=None if nofile is None else partial(_limit_nofile, nofile),
             )
         self.pid = self.proc.pid

@@ -7,7 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hostile import (
+from structlog.testing import capture_logs
+
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.hostile import (
     EchoSession,
     connect,
     msg_frame,
@@ -17,9 +20,6 @@ from hostile import (
     serving,
     wait_for,
 )
-from structlog.testing import capture_logs
-
-from framework.io.factory import available_backends
 
 
 class Faulty(EchoSession):
@@ -61,7 +61,7 @@ def _logged_error(logs: list[dict[str, Any]], sid: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("policy", ["close", "keep"])
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_handler_exceptions_close_or_keep_the_session_are_logged_and_never_stop_the_loop(backend, policy):
     # A long drain timeout: a graceful close must end on the peer's FIN, not by timing out.
     with capture_logs() as logs, serving(

@@ -13,8 +13,9 @@ import time
 from typing import Any
 
 import pytest
-from conftest import needs_posix_signals
-from hostile import (
+
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.hostile import (
     WAIT_S,
     EchoSession,
     ServerProcess,
@@ -31,10 +32,7 @@ from hostile import (
     serving,
     wait_for,
 )
-
-from framework.io.factory import available_backends
-
-BACKENDS = available_backends()
+from tests.support.marks import needs_posix_signals
 
 
 def _no_leak(st: Any) -> None:
@@ -43,7 +41,7 @@ def _no_leak(st: Any) -> None:
     assert active == len(st.server.addresses), "a closed session's socket is still registered"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_peer_reset_mid_frame_closes_the_session_as_connection_reset(backend):
     with serving(backend) as st:
         good = connect(st.address)
@@ -60,7 +58,7 @@ def test_peer_reset_mid_frame_closes_the_session_as_connection_reset(backend):
         _no_leak(st)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_half_close_delivers_every_pending_reply_then_closes(backend):
     with serving(backend) as st:
         s = connect(st.address)
@@ -83,7 +81,7 @@ class SlowReplies(EchoSession):
         self.send(msg)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_half_close_delivers_replies_of_async_handlers_still_running(backend):
     with serving(backend, SlowReplies) as st:
         s = connect(st.address)
@@ -108,7 +106,7 @@ os.kill(os.getpid(), signal.SIGSTOP)  # the application vanishes; its kernel sti
 
 
 @needs_posix_signals
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_a_vanished_peer_without_fin_is_closed_by_the_idle_timeout_while_heartbeats_keep_others(backend):
     # Detection is the idle timeout: no frame (heartbeats count) for idle_timeout_s. On loopback a
     # frozen or vanished application never produces a FIN or RST, and TCP keepalive would only
@@ -145,7 +143,7 @@ def test_a_vanished_peer_without_fin_is_closed_by_the_idle_timeout_while_heartbe
 @pytest.mark.skipif(
     sys.platform == "win32", reason="needs RLIMIT_NOFILE (POSIX resource module); Windows has no descriptor limit"
 )
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_accept_backs_off_on_emfile_and_recovers_when_descriptors_free(backend, tmp_path):
     # The limit is set when the process starts: io_uring's (multishot) accept samples
     # RLIMIT_NOFILE when it is armed, so lowering it later (prlimit) would not be seen.

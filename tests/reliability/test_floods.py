@@ -9,7 +9,9 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from hostile import (
+
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.hostile import (
     WAIT_S,
     ServerThread,
     closing_all,
@@ -23,12 +25,10 @@ from hostile import (
     wait_for,
 )
 
-from framework.io.factory import available_backends
-
 LIMIT = 20
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_connections_beyond_max_connections_are_refused_and_existing_sessions_continue(backend):
     with serving(backend, io={"max_connections": LIMIT}) as st, closing_all([]) as socks:
         members = [connect(st.address) for _ in range(LIMIT)]
@@ -85,7 +85,7 @@ def _session_counts(st: ServerThread) -> Callable[[], tuple[int, int, int]]:
 
 
 @pytest.mark.parametrize("close", ["fin", "rst"])
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_connection_its_client_closed_before_the_accept_still_gets_a_session(backend, close):
     with serving(backend) as st:
         # Hold the loop thread, so the connection waits in the listen backlog, unaccepted.
@@ -112,7 +112,7 @@ def test_connection_its_client_closed_before_the_accept_still_gets_a_session(bac
         wait_for(lambda: st.on_loop(_session_counts(st)) == (1, 1, 0), what="late accept served")
 
 
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_connect_disconnect_burst_leaks_no_sessions_or_descriptors(backend):
     with serving(backend, io={"max_connections": 256}) as st:
         warm = connect(st.address)

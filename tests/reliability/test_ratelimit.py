@@ -12,18 +12,11 @@ import threading
 from typing import Any, ClassVar
 
 import pytest
-from sessionkit import (
-    SESSION_BACKENDS,
-    FrameClient,
-    make_settings,
-    msg_frame,
-    on_loop,
-    running_server,
-    wait_for,
-)
 
 from framework.session import Server, Session
 from framework.session.limits import RATE_LIMIT_EXCEEDED, RateLimits, TokenBucket, rate_limit_error
+from tests.support.backends import SESSION_BACKENDS
+from tests.support.session import FrameClient, make_settings, msg_frame, on_loop, running_server, wait_for
 
 
 class _Echo(Session):

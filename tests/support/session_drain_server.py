@@ -1,4 +1,4 @@
-"""A server process for the shutdown tests (run as `python -m tests.session_drain_server MODE BACKEND`).
+"""A server process for the shutdown tests (run as `python -m tests.support.session_drain_server MODE BACKEND`).
 
 MODE "drain": on "burst" it queues N numbered 1 KB frames and reports `MARK queued`; on_shutdown
 adds a "bye" frame. MODE "workers": an echo server with 2 worker processes sharing one port.
@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from framework import Server, Session
-from tests.sessionkit import make_settings
+from tests.support.session import make_settings
 
 FRAMES = 4000
 

@@ -9,16 +9,16 @@ from functools import partial
 from typing import Any
 
 import pytest
-from hostile import WAIT_S, connect, round_trip, serving, wait_for
 
-from framework.io.factory import available_backends
+from tests.support.backends import PLATFORM_BACKENDS
+from tests.support.hostile import WAIT_S, connect, round_trip, serving, wait_for
 
 THREADS = 8
 JOBS = 10_000
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("backend", PLATFORM_BACKENDS)
 def test_jobs_posted_from_eight_threads_run_exactly_once_on_the_loop_thread(backend):
     with serving(backend) as st:
         client = connect(st.address)
