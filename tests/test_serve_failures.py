@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RUNNABLE_BACKENDS
+
+from tests.support.backends import RUNNABLE_BACKENDS
 
 ROOT = Path(__file__).resolve().parent.parent
 GAME = ["-m", "framework", "serve", "--app", "examples.gameserver.app:GameSession"]
