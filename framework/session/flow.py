@@ -1,8 +1,10 @@
-"""Per-session flow-control state: the per-turn read budget, held input, paused reading, and
-what the memory budget and the slow-consumer timeout track.
+"""Per-session flow-control state: held input, paused reading, and what the memory budget and the
+slow-consumer timeout track.
 
-A session gets a `Flow` with its first decoded bytes (an idle connection keeps only the empty
-slot). The host (framework/session/host.py) owns the logic; this is the state it keeps apart from
+A session gets a `Flow` only when it needs one: input held back (a partial frame, the read budget
+spent, an ordered async handler running) or output over its high-water mark. A connection that
+just exchanges messages keeps the empty slot (the per-turn read budget is tracked by the host for
+the sessions of the current turn only). The host (framework/session/host.py) owns the logic; this is the state it keeps apart from
 the Session's own fields, so a user subclass never sees or collides with it.
 """
 
@@ -11,22 +13,16 @@ from __future__ import annotations
 
 class Flow:
     __slots__ = (
-        "bytes_left",
-        "frames_left",
         "held",
         "out_acct",
         "parked",
         "progress_at",
         "queued",
         "rpaused",
-        "turn",
         "written",
     )
 
     def __init__(self) -> None:
-        self.turn = -1  # the loop turn frames_left / bytes_left belong to
-        self.frames_left = 0  # of this turn's read budget
-        self.bytes_left = 0
         # Input goes to the decoder's hold, undecoded: the budget ran out with frames left, or an
         # ordered async handler runs. Served round-robin, one budget per turn (host._serve_held).
         self.held = False

@@ -51,6 +51,7 @@ _SMALL_RECV_BUFFER = 2048
 _SHRINK_AFTER_READS = 8
 _ERROR_RATE_WINDOW = 200  # loop calls per error-rate check
 _ERROR_RATE_PERCENT = 5
+_LOW32 = 0xFFFFFFFF
 
 
 # ---------------------------------------------------------------------------------------------- timers
@@ -190,6 +191,7 @@ class SessionHost:
         self._slow_timeout = float(s.slow_consumer_timeout_s)
         self._memory_budget = settings.server.memory_budget_bytes
         self._turn = 0
+        self._spent: dict[Session, int] = {}  # this turn's decoded frames << 32 | bytes, per session
         self._held_ready: deque[Session] = deque()  # sessions with held frames, served round-robin
         self._in_bytes = 0  # input buffered by every decoder (partial frames and held frames)
         self._out_acct = 0  # output of sessions over their high-water mark (Flow.out_acct)
@@ -723,7 +725,7 @@ class SessionHost:
                 self.pool.release(buf)
             return
         flow = session._flow
-        if flow.rpaused:  # flow control: the next receive waits for _update_reading's resume
+        if flow is not None and flow.rpaused:  # flow control: the next receive waits for the resume
             if buf is not None:
                 self.pool.release(buf)
             flow.parked = True
@@ -817,17 +819,15 @@ class SessionHost:
         """The messages complete in `data`, within the session's read budget for this turn (the
         decoder keeps an incomplete tail, and holds what the budget leaves; frames are counted),
         or None when the session was closed (a protocol error, the memory budget)."""
-        flow = session._flow
-        turn = self._turn
-        if flow is None:
-            flow = session._flow = Flow()
-        if flow.turn != turn:
-            flow.turn = turn
+        # What the session already decoded this turn (frames << 32 | bytes): kept in a per-turn
+        # dict, not on the session, so a connection that is not busy carries no budget state.
+        spent = self._spent.get(session)
+        if spent is None:
             frames_left = self._budget_frames
             bytes_left = self._budget_bytes
         else:
-            frames_left = flow.frames_left
-            bytes_left = flow.bytes_left
+            frames_left = self._budget_frames - (spent >> 32)
+            bytes_left = self._budget_bytes - (spent & _LOW32)
         decoder = session._decoder
         before = len(decoder._buf)
         msgs: list[Any] = []
@@ -838,14 +838,16 @@ class SessionHost:
             self._abort_session(session, f"protocol error: {exc}")
             return None
         after = len(decoder._buf)
-        flow.frames_left = frames_left - frames
-        flow.bytes_left = bytes_left - (len(data) + before - after)
+        used = self._budget_bytes - bytes_left + len(data) + before - after
+        self._spent[session] = (self._budget_frames - frames_left + frames) << 32 | (
+            used if used < _LOW32 else _LOW32
+        )
         if frames:
             session._last_frame = self.now
             session.frames_in += frames
             self.frames_in += frames
         if before or after:  # the slow path: bytes are buffered (a partial frame, or held input)
-            self._buffered(session, flow, after - before, before == 0)
+            self._buffered(session, self._flow(session), after - before, before == 0)
             if session._state != OPEN:
                 return None
         return msgs
@@ -905,7 +907,7 @@ class SessionHost:
         """One read budget for each session with held frames, round-robin; sessions with frames
         left go to the back of the queue, behind the others."""
         ready = self._held_ready
-        turn = self._turn
+        spent = self._spent
         budget_frames = self._budget_frames
         budget_bytes = self._budget_bytes
         for _ in range(len(ready)):
@@ -925,9 +927,8 @@ class SessionHost:
                 continue
             after = len(decoder._buf)
             self._in_bytes += after - before
-            flow.turn = turn
-            flow.frames_left = budget_frames - frames
-            flow.bytes_left = budget_bytes - (before - after)
+            used = before - after
+            spent[session] = frames << 32 | (used if used < _LOW32 else _LOW32)
             if frames:
                 session._last_frame = self.now
                 session.frames_in += frames
@@ -1374,6 +1375,8 @@ class SessionHost:
         if self._ready_tasks:
             self._run_ready_tasks()
         self._turn += 1  # arrivals of the next process_completions share this turn's budgets
+        if self._spent:
+            self._spent.clear()
         if self._held_ready:
             self._serve_held()
         if self._starved and self.pool.available:

@@ -143,6 +143,7 @@ class Server(SessionHost):
         self._per_address: dict[str, _AddressCount] = {}
         self._per_address_limit = settings.server.max_connections_per_address
         self._unspoken: dict[Session, float] = {}
+        self._unspoken_peak = 0  # its largest size since it was last rebuilt (_forget_unspoken)
         self._first_message_timeout = float(settings.session.first_message_timeout_s)
         self._rate_limits: dict[type[Session], RateLimits] = {}
         self._limits_for(session_class)  # a bad `rate_limits` class attribute fails here, not later
@@ -338,6 +339,8 @@ class Server(SessionHost):
             session._addr = count
         session._limiter = _AWAITING_FIRST_MESSAGE
         self._unspoken[session] = self.now
+        if len(self._unspoken) > self._unspoken_peak:
+            self._unspoken_peak = len(self._unspoken)
         self._open_session(session)
 
     def _reclaim_slot(self, peer: Any) -> bool:
@@ -360,7 +363,7 @@ class Server(SessionHost):
     def _first_message(self, session: Session, msgs: list[Any]) -> list[Any]:
         """The session's first message batch (see _AwaitingFirstMessage): it has spoken; from now on
         only its rate limiter (if any) sees its messages."""
-        self._unspoken.pop(session, None)
+        self._forget_unspoken(session)
         limiter = session._limiter = self._limits_for(type(session)).limiter(self.now)
         return msgs if limiter is None else limiter.admit(self, session, msgs)
 
@@ -437,8 +440,18 @@ class Server(SessionHost):
                 if not count.n:
                     del self._per_address[count.address]
             if session._limiter is _AWAITING_FIRST_MESSAGE:
-                self._unspoken.pop(session, None)
+                self._forget_unspoken(session)
         super()._finalize(session, reason)
+
+    def _forget_unspoken(self, session: Session) -> None:
+        """`session` spoke or closed. A dict keeps the table of its largest size: once it holds
+        under a quarter of that, it is rebuilt (in order), so an accept storm whose sessions all
+        spoke leaves no per-connection table behind."""
+        unspoken = self._unspoken
+        unspoken.pop(session, None)
+        if len(unspoken) * 4 < self._unspoken_peak > 1024:
+            self._unspoken = dict(unspoken)
+            self._unspoken_peak = len(unspoken)
 
     def _log_throttled(self, event: str, **fields: Any) -> None:
         """A warning at most once per second per event under a flood (counters keep the totals)."""

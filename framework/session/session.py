@@ -120,7 +120,7 @@ class Session:
         self._ctx = OpContext(sid, host.registry, sock)
         self._state = state
         self._decoder = None
-        self._flow: Flow | None = None  # flow-control state, with the first decoded bytes
+        self._flow: Flow | None = None  # flow-control state, made when first needed (host._flow)
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._inflight = 0
