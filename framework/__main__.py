@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +42,10 @@ def load_app(spec: str) -> type:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"--app must look like module:SessionClass, got {spec!r}")
+    # The `raon` script, unlike `python -m framework`, does not put the working directory on the
+    # path: the user's module sits there (as with uvicorn or gunicorn).
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -32,3 +32,16 @@ def test_the_package_is_typed_and_licensed():
     assert (Path(framework.__file__).parent / "py.typed").exists()
     meta = importlib.metadata.metadata("raon-framework")
     assert meta.get("License-Expression") == "MIT" or meta.get("License") == "MIT"
+
+
+def test_raon_serve_finds_an_app_module_in_the_working_directory(tmp_path):
+    """`raon serve --app mymodule:Echo` from the directory holding mymodule.py, as a user runs it."""
+    (tmp_path / "mymodule.py").write_text(
+        "from framework import Session\n\nclass Echo(Session):\n    def on_message(self, msg):\n        self.send(msg)\n"
+    )
+    script = Path(sys.executable).with_name("raon.exe" if os.name == "nt" else "raon")
+    proc = subprocess.run(
+        [str(script), "check-config", "--app", "mymodule:Echo"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
