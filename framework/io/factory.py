@@ -76,10 +76,7 @@ def provider_class(name: str) -> type[AsyncIOProvider]:
 
 def check_available(name: str) -> None:
     """Raise `BackendUnavailable` with the reason when `name` cannot run on this machine."""
-    cls = provider_class(name)
-    probe = getattr(cls, "probe", None)
-    if probe is not None:
-        probe()
+    provider_class(name).probe()
 
 
 def available_backends(platform: str | None = None) -> list[str]:

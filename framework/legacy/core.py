@@ -311,9 +311,9 @@ class IocpCore:
             except BackendUnavailable as exc:  # RAON reports a failed Initialize() as false
                 self.last_error = str(exc)
                 return False
-        if not getattr(self._provider, "initialized", False):
+        if not self._provider.initialized:
             if not self._provider.initialize(self._max_connections, self._cq_size):
-                self.last_error = getattr(self._provider, "last_error", "") or "initialize failed"
+                self.last_error = self._provider.last_error or "initialize failed"
                 return False
             self._owns_provider = True
             for name, value in self._options.items():
@@ -356,7 +356,7 @@ class IocpCore:
             self.last_error = "object has no handle"
             return False
         if not self.provider.register_socket(sock, obj):
-            self.last_error = getattr(self.provider, "last_error", "") or "register_socket failed"
+            self.last_error = self.provider.last_error or "register_socket failed"
             return False
         obj.core = self
         return True
@@ -484,7 +484,7 @@ class IocpCore:
     def _posted(self, overlapped: OverlappedEx, op_id: int) -> bool:
         overlapped.operation_id = op_id
         if op_id == 0:
-            self.last_error = getattr(self._provider, "last_error", "") or "operation not posted"
+            self.last_error = (self._provider.last_error if self._provider else "") or "operation not posted"
             return False
         return True
 

@@ -26,8 +26,16 @@ from typing import Any
 import msgpack
 import structlog
 
-from framework.io.errors import ErrorCode, ProviderError, describe, map_errno
-from framework.io.provider import STREAM_DRAINED, STREAM_EOF, AsyncIOProvider, CompletionResult, Status
+from framework.io.errors import ErrorCode, ProviderError, describe
+from framework.io.provider import (
+    STREAM_DRAINED,
+    STREAM_EOF,
+    AsyncIOProvider,
+    CompletionResult,
+    Feature,
+    Status,
+    StreamsProvider,
+)
 from framework.session.buffers import Buffer, BufferPool
 from framework.session.codec import HEARTBEAT_FRAME, FrameDecoder, ProtocolError, make_payload_decoder
 from framework.session.context import OpContext
@@ -174,6 +182,7 @@ class SessionHost:
         # The provider keeps each session's receive armed and owns its send queue ("Streams"):
         # no operation, result object or callback per read or per send (see _on_stream_data).
         self._streams = False
+        self._sp: StreamsProvider | None = None  # the provider, when it runs the streams
         self._stream_send: Callable[[int, bytes], int] | None = None
         # Bound once: a pending receive holds its callback, and a bound method made per receive
         # would cost every idle connection 64 bytes (and an allocation per read).
@@ -248,16 +257,15 @@ class SessionHost:
             provider = create_provider(io.backend, fallback=io.fallback)
             self.provider = provider
         # Headroom over max_connections for listeners and outgoing sockets.
-        if not getattr(provider, "initialized", False) and not provider.initialize(
-            io.max_connections + 64, io.completion_queue_size
-        ):
-            raise ProviderError(f"{provider.name}: initialize failed: {getattr(provider, 'last_error', '')}")
+        if not provider.initialized and not provider.initialize(io.max_connections + 64, io.completion_queue_size):
+            raise ProviderError(f"{provider.name}: initialize failed: {provider.last_error}")
         for name, value in io.options.items():
             if not provider.set_option(name, value):
                 log.warning("provider option not supported", backend=provider.name, option=name, value=value)
-        self._provided = provider.supports_feature("ProvidedBuffers")
-        self._streams = provider.supports_feature("Streams")
-        if self._streams:
+        self._provided = provider.supports_feature(Feature.PROVIDED_BUFFERS)
+        self._streams = isinstance(provider, StreamsProvider) and provider.supports_feature(Feature.STREAMS)
+        if isinstance(provider, StreamsProvider) and self._streams:
+            self._sp = provider
             provider.set_stream_handlers(self._on_stream_data, self._on_stream_event)
             self._stream_send = provider.stream_send
             self.registry.fanout = self._fanout
@@ -511,7 +519,7 @@ class SessionHost:
             self._dirty.append(session)
         if self._streams:
             ctx = session._ctx
-            ctx.stream = self.provider.stream_open(ctx.sock, ctx)
+            ctx.stream = self._sp.stream_open(ctx.sock, ctx)
             if not ctx.stream:
                 self._abort_session(session, "receive could not be posted")
             return
@@ -957,9 +965,9 @@ class SessionHost:
             if ctx.stream:
                 if want:
                     self.read_pauses += 1
-                    self.provider.stream_pause_reading(ctx.stream)
+                    self._sp.stream_pause_reading(ctx.stream)
                 else:
-                    self.provider.stream_resume_reading(ctx.stream)
+                    self._sp.stream_resume_reading(ctx.stream)
         elif want:
             self.read_pauses += 1  # _on_recv parks the next receive
         elif flow.parked:
@@ -981,11 +989,11 @@ class SessionHost:
         """Ask the provider for STREAM_DRAINED at the level this session waits for: everything
         written (closing) or the low-water mark (paused)."""
         low = 0 if session._state == CLOSING else self._write_low
-        if self.provider.stream_watch(session._ctx.stream, low):
+        if self._sp.stream_watch(session._ctx.stream, low):
             self._stream_drained(session)
 
     def _stream_drained(self, session: Session) -> None:
-        unsent = self.provider.stream_queued(session._ctx.stream)
+        unsent = self._sp.stream_queued(session._ctx.stream)
         session._inflight = unsent if unsent > 0 else 0
         if session._paused and session._out_bytes + session._inflight <= self._write_low:
             self._writing_resumed(session)
@@ -1079,7 +1087,7 @@ class SessionHost:
         again. Returns how many took the frame."""
         n = len(frame)
         now = self.now
-        flagged = self.provider.stream_send_many([s._ctx.stream for s in sessions], frame, self._write_high)
+        flagged = self._sp.stream_send_many([s._ctx.stream for s in sessions], frame, self._write_high)
         for session in sessions:
             session.frames_out += 1
             session.bytes_out += n
@@ -1089,10 +1097,10 @@ class SessionHost:
         self.bytes_out += n * took
         for i in flagged:
             session = sessions[i]
-            unsent = self.provider.stream_queued(session._ctx.stream)
+            unsent = self._sp.stream_queued(session._ctx.stream)
             if unsent < 0:
                 took -= 1
-                self._abort_session(session, "send error: " + describe(map_errno(-unsent)))
+                self._abort_session(session, "send error: " + describe(-unsent))
                 continue
             session._inflight = unsent
             if not session._over_high_water():  # closed as a slow consumer
@@ -1104,7 +1112,7 @@ class SessionHost:
     def _stream_unsent(self, session: Session) -> int:
         """Bytes handed to the provider and not yet written (the slow path of the high-water
         check asks; the hot path uses the figure from the last flush)."""
-        unsent = self.provider.stream_queued(session._ctx.stream) if session._ctx.stream else 0
+        unsent = self._sp.stream_queued(session._ctx.stream) if session._ctx.stream else 0
         return unsent if unsent > 0 else 0
 
     def _deliver(self, session: Session, msgs: list[Any]) -> None:
@@ -1212,7 +1220,7 @@ class SessionHost:
                 self.bytes_out += n
                 unsent = stream_send(ctx.stream, data)
                 if unsent < 0:
-                    self._abort_session(session, "send error: " + describe(map_errno(-unsent)))
+                    self._abort_session(session, "send error: " + describe(-unsent))
                     continue
                 session._inflight = unsent
                 if session._state == CLOSING or session._paused:
@@ -1476,7 +1484,7 @@ class SessionHost:
         ctx = session._ctx
         provider = self.provider
         if not provider.register_socket(sock, ctx):
-            self._finalize(session, f"connect failed: {getattr(provider, 'last_error', 'register failed')}")
+            self._finalize(session, f"connect failed: {provider.last_error or 'register failed'}")
             return session
         timeout_ms = None if timeout_s is None else int(timeout_s * 1000)
         if provider.connect_async(sock, address, self._on_connect, ctx, timeout_ms):

@@ -183,7 +183,7 @@ class Server(SessionHost):
             if not provider.register_socket(sock):
                 sock.close()
                 self._close_listeners()
-                raise OSError(f"cannot register listener: {getattr(provider, 'last_error', '')}")
+                raise OSError(f"cannot register listener: {provider.last_error}")
             listener = _Listener(sock, (host, bound_port), max(1, min(cfg.backlog, _ACCEPTS_POSTED)))
             self._listeners.append(listener)
             self.addresses.append((host, bound_port))
@@ -319,7 +319,7 @@ class Server(SessionHost):
             log.warning(
                 "accepted socket could not be registered; closed",
                 peer=peer,
-                error=getattr(self.provider, "last_error", ""),
+                error=self.provider.last_error,
             )
             self.registry.remove(session)
             session._state = CLOSED

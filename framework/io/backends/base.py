@@ -26,7 +26,7 @@ import itertools
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -36,11 +36,15 @@ from framework.io.provider import (
     AsyncIOProvider,
     CompletionCallback,
     CompletionResult,
+    Feature,
     OpType,
     ProviderStatistics,
     RecvOperation,
     SendOperation,
     Status,
+    StreamDataHandler,
+    StreamEventHandler,
+    StreamsProvider,
 )
 
 log = structlog.get_logger("framework.io")
@@ -179,9 +183,9 @@ class QueuedProvider(AsyncIOProvider):
         # Completions a backend handed straight to stream handlers during this call (no result
         # object): they end a blocking wait like results do.
         self._delivered = 0
-        # The two handlers every stream of this provider shares (backends with "Streams").
-        self._on_stream_data: Callable[[Any, memoryview], Any] | None = None
-        self._on_stream_event: Callable[[Any, int, int], Any] | None = None
+        # The two handlers every stream of this provider shares (`QueuedStreamsProvider`).
+        self._on_stream_data: StreamDataHandler | None = None
+        self._on_stream_event: StreamEventHandler | None = None
         self._posted_count = 0
         self._poll_calls = 0  # kernel waits; the contract suite checks an idle loop does not spin
         # Provided-buffer receives: pooled buffers of pending default-path recvs (by op id), the
@@ -647,20 +651,14 @@ class QueuedProvider(AsyncIOProvider):
                     log.exception("completion callback raised", backend=self.name, result=repr(result))
         return n
 
-    def set_stream_handlers(
-        self, on_data: Callable[[Any, memoryview], Any], on_event: Callable[[Any, int, int], Any]
-    ) -> None:
-        # Kept by every backend; only those reporting "Streams" open streams that use them.
-        self._on_stream_data = on_data
-        self._on_stream_event = on_event
-
     # ------------------------------------------------------------------ options, statistics
-    def supports_feature(self, name: str) -> bool:
+    def supports_feature(self, name: Feature | str) -> bool:
         return name in self._features()
 
     def _features(self) -> frozenset[str]:
-        feats = frozenset({"BatchSubmit", "PostCompletion", "OperationTimeout", "Cancel"})
-        return feats | {"ProvidedBuffers"} if self._provided_on_arrival else feats
+        """The `Feature`s this provider offers now (their string values)."""
+        feats = frozenset({Feature.BATCH_SUBMIT, Feature.POST_COMPLETION, Feature.OPERATION_TIMEOUT, Feature.CANCEL})
+        return feats | {Feature.PROVIDED_BUFFERS} if self._provided_on_arrival else feats
 
     def set_option(self, name: str, value: Any) -> bool:
         if name == "measure_latency":
@@ -819,3 +817,11 @@ class QueuedProvider(AsyncIOProvider):
 
     def _backend_statistics(self) -> dict[str, Any]:
         return {}
+
+
+class QueuedStreamsProvider(QueuedProvider, StreamsProvider):
+    """`QueuedProvider` for a backend with streams: keeps the handlers its streams share."""
+
+    def set_stream_handlers(self, on_data: StreamDataHandler, on_event: StreamEventHandler) -> None:
+        self._on_stream_data = on_data
+        self._on_stream_event = on_event

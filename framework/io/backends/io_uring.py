@@ -92,20 +92,20 @@ from framework.io.backends.base import (
     _LATENCY_SAMPLE,
     PROVIDED_BUFFER_SIZE,
     Operation,
-    QueuedProvider,
+    QueuedStreamsProvider,
     SocketEntry,
     _new_operation,
     as_memoryview,
 )
 from framework.io.errors import BackendUnavailable, ErrorCode, map_errno
 from framework.io.provider import (
-    STREAM_DRAINED,
-    STREAM_EOF,
-    STREAM_ERROR,
+    STREAM_DATA,
     CompletionResult,
+    Feature,
     OpType,
     SendOperation,
     Status,
+    StreamEvent,
 )
 
 try:  # import-safe on every OS: the extension exists only where liburing was found at install
@@ -116,9 +116,9 @@ except ImportError as _exc:  # pragma: no cover - depends on the machine
 else:
     _IMPORT_ERROR = ""
     # fw_uring.h defines the stream event kinds the C reaper emits; they are the contract's.
-    _kinds = (_uring.lib.FW_SEV_EOF, _uring.lib.FW_SEV_ERROR, _uring.lib.FW_SEV_DRAINED)
-    if _kinds != (STREAM_EOF, STREAM_ERROR, STREAM_DRAINED):  # pragma: no cover - a build mismatch
-        _IMPORT_ERROR = f"_uring's stream event kinds {_kinds} differ from the provider contract's"
+    _kinds = tuple(getattr(_uring.lib, f"FW_SEV_{kind.name}") for kind in StreamEvent)
+    if _kinds != tuple(StreamEvent):  # pragma: no cover - a build mismatch
+        _IMPORT_ERROR = f"_uring's stream event kinds {_kinds} differ from StreamEvent's {tuple(StreamEvent)}"
         _uring = None
 
 log = structlog.get_logger("framework.io")
@@ -147,7 +147,7 @@ _INCREMENTAL_RING = (64, 32768)
 _PARKED = object()  # Operation.token of a provided recv waiting in user space for ring buffers
 _NO_STREAM = object()  # a stream slot's context while no stream is open there (None is a context)
 
-_SEV_DATA = _uring.lib.FW_SEV_DATA if _uring is not None else 0
+_SEV_DATA = STREAM_DATA  # a plain int: compared once per stream event
 _CQE_F_BUFFER = _uring.lib.IORING_CQE_F_BUFFER if _uring is not None else 1  # the CQE carries a ring buffer
 _SUCCESS = Status.SUCCESS
 _RECV = OpType.RECV
@@ -232,7 +232,7 @@ class _UringSocket:
         self.stream = 0  # the open stream's id, 0 = none
 
 
-class IoUringProvider(QueuedProvider):
+class IoUringProvider(QueuedStreamsProvider):
     """Completion-native provider on io_uring (Linux 5.6+; multishot accept from 5.19)."""
 
     name = "io_uring"
@@ -1020,7 +1020,8 @@ class IoUringProvider(QueuedProvider):
         ring = self._ring
         if ring is None:
             return -errno.ENOTCONN
-        return self._lib.fw_stream_send(ring, stream_id, data, len(data))
+        rc: int = self._lib.fw_stream_send(ring, stream_id, data, len(data))
+        return rc if rc >= 0 else -map_errno(-rc)  # C returns -errno; the contract, -map_errno
 
     def stream_send_many(
         self, stream_ids: Sequence[int], data: bytes | bytearray | memoryview, high_water: int
@@ -1035,7 +1036,10 @@ class IoUringProvider(QueuedProvider):
         return self._ffi.unpack(flagged, nf) if nf else []
 
     def stream_queued(self, stream_id: int) -> int:
-        return self._lib.fw_stream_queued(self._ring, stream_id) if self._ring is not None else -errno.ENOTCONN
+        if self._ring is None:
+            return -errno.ENOTCONN
+        rc: int = self._lib.fw_stream_queued(self._ring, stream_id)
+        return rc if rc >= 0 else -map_errno(-rc)
 
     def stream_watch(self, stream_id: int, low_water: int) -> bool:
         if self._ring is None:
@@ -1151,7 +1155,7 @@ class IoUringProvider(QueuedProvider):
         feats = super()._features() | self._features_found
         # Streams receive through the buffer ring: off with provided buffers, or when asked.
         if self._sevs is not None and self._provided_on_arrival and not self._streams_off:
-            feats |= {"Streams"}
+            feats |= {Feature.STREAMS}
         return feats
 
     def _backend_set_option(self, name: str, value: Any) -> bool:

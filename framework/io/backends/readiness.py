@@ -54,7 +54,7 @@ Facts that shaped the shared part:
   `send` per edge (a short write means the buffer is full, an edge follows). The stream's state
   lives in the socket record (five slots); its id is `serial << 32 | fd`, so a lookup is the
   registration table's and a stale id (closed stream, reused fd) never matches. Handlers run only
-  inside `process_completions`: an error met inside `stream_send` (which returns -errno) is queued
+  inside `process_completions`: an error met inside `stream_send` (which returns it negated) is queued
   as STREAM_ERROR for the next turn, and a pending event or read makes that turn's wait a poll.
   One STREAM_ERROR per stream at most: it stops sending (and, for a receive error, receiving).
 
@@ -75,9 +75,17 @@ from collections.abc import Sequence
 from itertools import islice
 from typing import Any, ClassVar
 
-from framework.io.backends.base import Operation, QueuedProvider, SocketEntry, as_memoryview, log
+from framework.io.backends.base import Operation, QueuedStreamsProvider, SocketEntry, as_memoryview, log
 from framework.io.errors import map_errno
-from framework.io.provider import STREAM_DRAINED, STREAM_EOF, STREAM_ERROR, OpType, SendOperation, Status
+from framework.io.provider import (
+    STREAM_DRAINED,
+    STREAM_EOF,
+    STREAM_ERROR,
+    Feature,
+    OpType,
+    SendOperation,
+    Status,
+)
 
 _sysconf = getattr(os, "sysconf", None)
 try:
@@ -144,7 +152,7 @@ class ReadinessSocket(SocketEntry):
         self.sflags = 0  # _S_* bits
 
 
-class ReadinessProvider(QueuedProvider):
+class ReadinessProvider(QueuedStreamsProvider):
     """Completion-style provider on an edge-triggered readiness API; see the module docstring."""
 
     _SEND_BYTES_AS_IS = True  # send/sendmsg take bytes; a partial send's rest is a (rare) copy
@@ -598,9 +606,7 @@ class ReadinessProvider(QueuedProvider):
         except BlockingIOError:
             n = 0
         except OSError as exc:
-            code = exc.errno or errno.EPIPE
-            self._stream_failed(st, code, True)
-            return -code
+            return -self._stream_failed(st, exc.errno or errno.EPIPE, True)
         if n == want:
             return 0
         st.sout = bytearray(memoryview(data)[n:])  # the one copy: the caller may reuse `data`
@@ -727,19 +733,21 @@ class ReadinessProvider(QueuedProvider):
             st.swatch = -1
             self._stream_emit(st, STREAM_DRAINED, 0)
 
-    def _stream_failed(self, st: ReadinessSocket, os_errno: int, queue: bool) -> None:
+    def _stream_failed(self, st: ReadinessSocket, os_errno: int, queue: bool) -> int:
         """Receiving or sending failed: sends are refused from now on; one STREAM_ERROR, queued
-        when we are inside stream_send (handlers run only inside process_completions)."""
+        when we are inside stream_send (handlers run only inside process_completions). Returns
+        the error code (the event's)."""
         st.sout = None
         st.swatch = -1
-        if st.sflags & _S_FAILED:
-            return
-        st.sflags |= _S_FAILED
         code = map_errno(self.ERRNO_ALIASES.get(os_errno, os_errno))
+        if st.sflags & _S_FAILED:
+            return code
+        st.sflags |= _S_FAILED
         if queue:
             self._sev += (st, st.sid, STREAM_ERROR, code)
         else:
             self._stream_emit(st, STREAM_ERROR, code)
+        return code
 
     def _stream_emit(self, st: ReadinessSocket, kind: int, code: int) -> None:
         self._delivered += 1
@@ -760,10 +768,14 @@ class ReadinessProvider(QueuedProvider):
 
     # ------------------------------------------------------------------ options, features, stats
     def _features(self) -> frozenset[str]:
-        feats = super()._features() | {"UserBufferRegistration", "GatherSend", "EdgeTriggered"}
+        feats = super()._features() | {
+            Feature.USER_BUFFER_REGISTRATION,
+            Feature.GATHER_SEND,
+            Feature.EDGE_TRIGGERED,
+        }
         # Streams read into provider memory on arrival, as provided receives do: off with those.
         if self._provided_on_arrival and not self._streams_off:
-            feats |= {"Streams"}
+            feats |= {Feature.STREAMS}
         return feats
 
     def set_option(self, name: str, value: Any) -> bool:
