@@ -33,7 +33,7 @@ class Client(SessionHost):
         if not self._started:
             self._open_provider()
 
-    def connect(  # type: ignore[override]
+    def connect(
         self,
         host: str,
         port: int,
@@ -74,7 +74,7 @@ class Client(SessionHost):
         """Make serve_forever return (thread-safe); sessions stay open."""
         self._stop_requested = True
         if self._started and not self._closed:
-            self.provider.post(None)
+            self._io.post(None)
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)

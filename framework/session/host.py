@@ -14,6 +14,7 @@ so frames stay in order and whatever is queued meanwhile leaves together in the 
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import socket
@@ -59,6 +60,14 @@ _SMALL_RECV_BUFFER = 2048
 _SHRINK_AFTER_READS = 8
 _ERROR_RATE_WINDOW = 200  # loop calls per error-rate check
 _ERROR_RATE_PERCENT = 5
+
+
+def _append_task(ready: deque[Task], task: Task, _future: LoopFuture) -> None:
+    ready.append(task)  # a future the task awaited is done: it runs again next turn
+
+
+def _no_stream_send(stream_id: int, data: bytes) -> int:
+    return -errno.ENOTCONN  # what `_stream_send` is while the provider runs no streams
 
 
 # ---------------------------------------------------------------------------------------------- timers
@@ -165,6 +174,13 @@ class Task:
 class SessionHost:
     """Completion loop + sessions. Server and Client subclass it."""
 
+    # Set by _open_provider, before any loop-thread method runs: the opened provider and pool
+    # (`provider` and `pool` are the public, possibly None, views), and the provider again as a
+    # StreamsProvider when the sessions use its streams.
+    _io: AsyncIOProvider
+    _pool: BufferPool
+    _sp: StreamsProvider
+
     def __init__(
         self, settings: Any, session_class: type[Session], *, provider: AsyncIOProvider | None = None
     ):
@@ -182,8 +198,7 @@ class SessionHost:
         # The provider keeps each session's receive armed and owns its send queue ("Streams"):
         # no operation, result object or callback per read or per send (see _on_stream_data).
         self._streams = False
-        self._sp: StreamsProvider | None = None  # the provider, when it runs the streams
-        self._stream_send: Callable[[int, bytes], int] | None = None
+        self._stream_send: Callable[[int, bytes], int] = _no_stream_send
         # Bound once: a pending receive holds its callback, and a bound method made per receive
         # would cost every idle connection 64 bytes (and an allocation per read).
         self._recv_provided_cb = self._on_recv
@@ -264,13 +279,14 @@ class SessionHost:
                 log.warning("provider option not supported", backend=provider.name, option=name, value=value)
         self._provided = provider.supports_feature(Feature.PROVIDED_BUFFERS)
         self._streams = isinstance(provider, StreamsProvider) and provider.supports_feature(Feature.STREAMS)
+        self._io = provider
         if isinstance(provider, StreamsProvider) and self._streams:
             self._sp = provider
             provider.set_stream_handlers(self._on_stream_data, self._on_stream_event)
             self._stream_send = provider.stream_send
             self.registry.fanout = self._fanout
         b = self.settings.buffers
-        self.pool = BufferPool(
+        self.pool = self._pool = BufferPool(
             provider,
             b.recv_buffer_size,
             0 if self._provided or self._streams else b.initial_buffers,
@@ -396,7 +412,7 @@ class SessionHost:
         if yielded is None:
             self._ready_tasks.append(task)  # bare yield: run again next turn
         elif isinstance(yielded, LoopFuture):
-            yielded.add_done_callback(lambda _f, t=task: self._ready_tasks.append(t))
+            yielded.add_done_callback(partial(_append_task, self._ready_tasks, task))
         else:
             task.throw = TypeError(
                 f"awaited {type(yielded).__name__}: only host.sleep(), host.create_future() futures "
@@ -519,6 +535,7 @@ class SessionHost:
             self._dirty.append(session)
         if self._streams:
             ctx = session._ctx
+            assert ctx.sock is not None  # attached with its socket, released only after close
             ctx.stream = self._sp.stream_open(ctx.sock, ctx)
             if not ctx.stream:
                 self._abort_session(session, "receive could not be posted")
@@ -526,17 +543,18 @@ class SessionHost:
         self._post_recv(session._ctx, None)
 
     def _post_recv(self, ctx: OpContext, buf: Any) -> None:
+        assert ctx.sock is not None  # released only once no operation of the session is pending
         if self._provided:
             # No buffer on loan while the receive waits: the provider picks memory when data
             # arrives (so nothing to defer either; its own memory is bounded).
-            if self.provider.recv_async_provided(ctx.sock, self._recv_provided_cb, ctx):
+            if self._io.recv_async_provided(ctx.sock, self._recv_provided_cb, ctx):
                 ctx.pending += 1
             else:
                 session = ctx.ref()
                 if session is not None:
                     self._abort_session(session, "receive could not be posted")
             return
-        pool = self.pool
+        pool = self._pool
         if buf is None:
             buf = pool.acquire_small()
             if buf is None:
@@ -563,7 +581,7 @@ class SessionHost:
 
     def _resume_starved(self) -> None:
         starved = self._starved
-        pool = self.pool
+        pool = self._pool
         while starved and pool.available:
             ctx = starved.popleft()
             session = ctx.ref()
@@ -681,7 +699,7 @@ class SessionHost:
         buf = ctx.recv_buf
         if buf is not None:
             ctx.recv_buf = None
-            self.pool.release(buf)
+            self._pool.release(buf)
         sock = ctx.sock
         if sock is not None:
             ctx.sock = None
@@ -695,7 +713,7 @@ class SessionHost:
         buffer goes back, and the socket once nothing else of it is in flight."""
         self.registry.resolve(ctx)
         if buf is not None:
-            self.pool.release(buf)
+            self._pool.release(buf)
         if ctx.pending <= 0 and ctx.closed:
             self._release_ctx(ctx)
 
@@ -717,7 +735,7 @@ class SessionHost:
         n = result.bytes_transferred
         if n == 0 or result.status != _SUCCESS:
             if buf is not None:
-                self.pool.release(buf)
+                self._pool.release(buf)
             self._recv_ended(session, result.status, result.error_code)
             return
         session.bytes_in += n
@@ -725,21 +743,25 @@ class SessionHost:
         if session._state != OPEN:
             self._post_recv(ctx, buf)  # closing: read and discard until EOF
             return
-        msgs = self._decode(session, result.data if buf is None else buf.view[:n])
+        data = result.data if buf is None else buf.view[:n]
+        assert data is not None  # a successful provided receive carries its bytes
+        msgs = self._decode(session, data)
         if msgs is None:
             if buf is not None:
-                self.pool.release(buf)
+                self._pool.release(buf)
             return
         flow = session._flow
+        assert flow is not None  # _decode made it
         if flow.rpaused:  # flow control: the next receive waits for _update_reading's resume
             if buf is not None:
-                self.pool.release(buf)
+                self._pool.release(buf)
             flow.parked = True
             if msgs:
                 self._deliver(session, msgs)
             return
         if buf is None:  # provided buffers: nothing on loan, nothing to size
-            if self.provider.recv_async_provided(ctx.sock, self._recv_provided_cb, ctx):
+            assert ctx.sock is not None  # the session is open
+            if self._io.recv_async_provided(ctx.sock, self._recv_provided_cb, ctx):
                 ctx.pending += 1
             else:
                 self._abort_session(session, "receive could not be posted")
@@ -748,7 +770,7 @@ class SessionHost:
                 self._deliver(session, msgs)
             return
         # Size class of the next receive buffer (see _SMALL_RECV_BUFFER).
-        pool = self.pool
+        pool = self._pool
         size = buf.size
         if n == size:
             ctx.short_reads = 0
@@ -837,6 +859,7 @@ class SessionHost:
             frames_left = flow.frames_left
             bytes_left = flow.bytes_left
         decoder = session._decoder
+        assert decoder is not None  # set when the session was attached
         before = len(decoder._buf)
         msgs: list[Any] = []
         try:
@@ -860,8 +883,10 @@ class SessionHost:
 
     def _hold(self, session: Session, flow: Flow, data: memoryview) -> None:
         """Input behind held input or a running ordered handler: kept undecoded, in order."""
+        decoder = session._decoder
+        assert decoder is not None
         try:
-            session._decoder.push(data)
+            decoder.push(data)
         except ProtocolError as exc:
             self.protocol_errors += 1
             self._abort_session(session, f"protocol error: {exc}")
@@ -873,6 +898,7 @@ class SessionHost:
         the next turns, pause reading over read_pause_bytes, and keep the memory budget."""
         self._in_bytes += grown
         decoder = session._decoder
+        assert decoder is not None
         if not flow.held and decoder.has_frame():  # the budget ran out with frames left
             flow.held = True
         if flow.held and not flow.queued and session._task is None and not session._backlog and not session._paused:
@@ -898,7 +924,8 @@ class SessionHost:
         if flow is not None and flow.held:
             if session._paused:
                 return  # output behind: _writing_resumed unholds
-            if session._decoder.has_frame():
+            decoder = session._decoder
+            if decoder is not None and decoder.has_frame():
                 if not flow.queued:
                     flow.queued = True
                     self._held_ready.append(session)
@@ -919,10 +946,12 @@ class SessionHost:
         for _ in range(len(ready)):
             session = ready.popleft()
             flow = session._flow
+            assert flow is not None  # queued with held frames
             flow.queued = False
             if session._state != OPEN or session._task is not None or session._backlog or session._paused:
                 continue  # closed; an ordered handler runs, or output is behind: their ends unhold
             decoder = session._decoder
+            assert decoder is not None
             before = len(decoder._buf)
             msgs: list[Any] = []
             try:
@@ -952,7 +981,8 @@ class SessionHost:
         the session's output is over its high-water mark (asyncio's pause_reading/resume_reading:
         the peer's bytes wait in the kernel, and TCP pushes back on the sender)."""
         if session._state == OPEN:
-            held = len(session._decoder._buf) if flow.held else 0
+            decoder = session._decoder
+            held = len(decoder._buf) if flow.held and decoder is not None else 0
             limit = self._read_pause // 2 if flow.rpaused else self._read_pause
             want = session._paused or held > limit or (flow.held and not self._streams)
         else:
@@ -1194,7 +1224,7 @@ class SessionHost:
         dirty = self._dirty
         streams = self._streams
         stream_send = self._stream_send
-        send_async = self.provider.send_async
+        send_async = self._io.send_async
         on_send = self._on_send
         now = self.now
         frames = 0
@@ -1323,7 +1353,7 @@ class SessionHost:
             now, self.frames_in, self.frames_out, self.bytes_in, self.bytes_out,
             self.sessions_opened, self.sessions_closed,
         )  # fmt: skip
-        ps = self.provider.get_statistics()
+        ps = self._io.get_statistics()
         log.info(
             "stats",
             interval_s=round(dt, 1),
@@ -1370,7 +1400,7 @@ class SessionHost:
             timeout_ms = 0  # the timed turn measures work, not an idle wait for I/O
             t0 = _perf_counter()
         results = self._results
-        n = self.provider.process_completions(timeout_ms, self._batch, results)
+        n = self._io.process_completions(timeout_ms, self._batch, results)
         self._loop_calls += 1
         if n < 0:
             n = self._retry_completions(results)
@@ -1384,7 +1414,7 @@ class SessionHost:
         self._turn += 1  # arrivals of the next process_completions share this turn's budgets
         if self._held_ready:
             self._serve_held()
-        if self._starved and self.pool.available:
+        if self._starved and self._pool.available:
             self._resume_starved()
         if self._dirty:
             self._flush()
@@ -1398,7 +1428,7 @@ class SessionHost:
     def _retry_completions(self, results: list[CompletionResult]) -> int:
         """The seed's ResilientProcessCompletions: a failed process_completions is retried with
         back-off (10 ms << attempt, 3 attempts in all); then ProviderError."""
-        provider = self.provider
+        provider = self._io
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             self.provider_failures += 1
             self._loop_failures += 1
@@ -1438,7 +1468,7 @@ class SessionHost:
                 failures=failures,
                 calls=calls,
                 rate_percent=round(100 * failures / calls, 1),
-                backend=self.provider.name,
+                backend=self._io.name,
             )
 
     def run_until(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
@@ -1482,7 +1512,7 @@ class SessionHost:
             pass
         session = self._new_session(cls, sock, address, CONNECTING)
         ctx = session._ctx
-        provider = self.provider
+        provider = self._io
         if not provider.register_socket(sock, ctx):
             self._finalize(session, f"connect failed: {provider.last_error or 'register failed'}")
             return session

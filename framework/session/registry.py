@@ -34,17 +34,21 @@ class Group:
 
     def add(self, session: Session) -> bool:
         """Add a connected session; False if it is closed or already a member."""
-        if session.closed or session.id in self._members:
+        sid = session.id
+        if session.closed or sid is None or sid in self._members:
             return False
-        self._members[session.id] = session
+        self._members[sid] = session
         if session._groups is None:
             session._groups = set()
         session._groups.add(self)
         return True
 
     def discard(self, session: Session) -> bool:
-        if self._members.pop(session.id, None) is None:
+        """Remove a member; False if it was not one."""
+        sid = session.id
+        if sid is None or self._members.pop(sid, None) is None:
             return False
+        assert session._groups is not None  # add() made it
         session._groups.discard(self)
         return True
 
@@ -102,8 +106,8 @@ class Group:
                 session._dirty = True
                 session._dirty_list.append(session)
             sent += 1
-        if direct:
-            sent += fanout(direct, frame)  # type: ignore[misc]
+        if direct and fanout is not None:  # (members go to `direct` only when there is a fanout)
+            sent += fanout(direct, frame)
         return sent
 
     def __repr__(self) -> str:

@@ -221,7 +221,7 @@ class Server(SessionHost):
         """Top the listener up to `target` accepts in flight (none while backing off)."""
         if listener.closed or self._stopping or listener.retry is not None:
             return
-        provider = self.provider
+        provider = self._io
         on_accept = self._on_accept
         ops = listener.ops
         while len(ops) < listener.target:
@@ -246,6 +246,7 @@ class Server(SessionHost):
         if status == _SUCCESS:
             listener.backoff = 0.0
             self._post_accept(listener)  # keep the backlog draining
+            assert result.accepted is not None  # a successful accept carries it
             sock, peer = result.accepted
             self._accepted(sock, peer)
             return
@@ -270,7 +271,7 @@ class Server(SessionHost):
             # Withdraw the other posted accepts so nothing accepts during the back-off (each would
             # fail the same way); the retry posts fresh ones, which try accept() at once.
             for op_id in list(listener.ops):
-                self.provider.cancel(op_id)
+                self._io.cancel(op_id)
         else:
             # ECONNABORTED and friends concern one connection only.
             log.info("accept failed; continuing", address=listener.address, error_code=code)
@@ -315,11 +316,11 @@ class Server(SessionHost):
             pass
         # The peer address is not kept: Session.peer asks the socket when needed (idle memory).
         session = self._new_session(self.session_class, sock, None, CONNECTING)
-        if not self.provider.register_socket(sock, session._ctx):
+        if not self._io.register_socket(sock, session._ctx):
             log.warning(
                 "accepted socket could not be registered; closed",
                 peer=peer,
-                error=self.provider.last_error,
+                error=self._io.last_error,
             )
             self.registry.remove(session)
             session._state = CLOSED
@@ -490,7 +491,7 @@ class Server(SessionHost):
             return self._supervise()
         if not self._listening:
             self.start()
-        installed: dict[int, Any] = {}
+        installed: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 installed[sig] = signal.signal(sig, self._on_signal)
@@ -625,7 +626,7 @@ class Server(SessionHost):
                 except ProcessLookupError:
                     pass
 
-        installed: dict[int, Any] = {}
+        installed: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 installed[sig] = signal.signal(sig, forward)

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from framework.session.codec import HEADER, MAX_U32
+from framework.session.codec import HEADER, MAX_U32, FrameDecoder
 from framework.session.context import OpContext, SessionId
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class Session:
         self._sock = sock
         self._ctx = OpContext(sid, host.registry, sock)
         self._state = state
-        self._decoder = None
+        self._decoder: FrameDecoder | None = None  # the host sets it right after attaching
         self._flow: Flow | None = None  # flow-control state, with the first decoded bytes
         self._out: list[bytes] = []
         self._out_bytes = 0

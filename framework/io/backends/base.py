@@ -67,6 +67,7 @@ class LeasedResult(CompletionResult):
     `lease` is the backend's handle for it (a buffer id, a pooled bytearray)."""
 
     __slots__ = ("lease",)
+    lease: Any
 
 
 class Operation:
@@ -312,7 +313,7 @@ class QueuedProvider(AsyncIOProvider):
         self,
         op_type: OpType,
         sock: socket.socket,
-        buf: memoryview | None,
+        buf: memoryview | bytes | None,
         callback: CompletionCallback | None,
         context: Any,
     ) -> Operation:
@@ -360,7 +361,14 @@ class QueuedProvider(AsyncIOProvider):
             entry.more.append(op)
         return op
 
-    def send_async(self, sock, data, callback=None, context=None, timeout_ms=None) -> int:
+    def send_async(
+        self,
+        sock: socket.socket,
+        data: bytes | bytearray | memoryview,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+        timeout_ms: int | None = None,
+    ) -> int:
         if not self._initialized or self._closed:
             self.last_error = "provider is not initialized"
             return 0
@@ -373,7 +381,14 @@ class QueuedProvider(AsyncIOProvider):
         self._backend_send(op)
         return op.op_id
 
-    def recv_async(self, sock, buffer, callback=None, context=None, timeout_ms=None) -> int:
+    def recv_async(
+        self,
+        sock: socket.socket,
+        buffer: bytearray | memoryview,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+        timeout_ms: int | None = None,
+    ) -> int:
         if not self._initialized or self._closed:
             self.last_error = "provider is not initialized"
             return 0
@@ -382,7 +397,14 @@ class QueuedProvider(AsyncIOProvider):
             raise TypeError("recv buffer must be writable")
         return self._recv_view(sock, mv, callback, context, timeout_ms)
 
-    def _recv_view(self, sock, mv: memoryview, callback, context, timeout_ms: int | None) -> int:
+    def _recv_view(
+        self,
+        sock: socket.socket,
+        mv: memoryview,
+        callback: CompletionCallback | None,
+        context: Any,
+        timeout_ms: int | None,
+    ) -> int:
         """recv_async after argument checks: `mv` is a writable 1-D byte view."""
         op = self._new_op(_RECV, sock, mv, callback, context)
         if op.entry is None:
@@ -395,7 +417,13 @@ class QueuedProvider(AsyncIOProvider):
         self._backend_recv(op)
         return op.op_id
 
-    def recv_async_provided(self, sock, callback=None, context=None, timeout_ms=None) -> int:
+    def recv_async_provided(
+        self,
+        sock: socket.socket,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+        timeout_ms: int | None = None,
+    ) -> int:
         """See the module docstring: `_backend_recv` gets `buf=None` where the backend picks memory
         on arrival; else (the default) a normal recv into a pooled buffer, held while it waits."""
         if not self._initialized or self._closed:
@@ -421,7 +449,9 @@ class QueuedProvider(AsyncIOProvider):
         self._backend_recv(op)
         return op.op_id
 
-    def accept_async(self, listen_sock, callback=None, context=None) -> int:
+    def accept_async(
+        self, listen_sock: socket.socket, callback: CompletionCallback | None = None, context: Any = None
+    ) -> int:
         if not self.initialized:
             self.last_error = "provider is not initialized"
             return 0
@@ -431,7 +461,14 @@ class QueuedProvider(AsyncIOProvider):
         self._backend_accept(op)
         return op.op_id
 
-    def connect_async(self, sock, address, callback=None, context=None, timeout_ms=None) -> int:
+    def connect_async(
+        self,
+        sock: socket.socket,
+        address: Any,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+        timeout_ms: int | None = None,
+    ) -> int:
         if not self.initialized:
             self.last_error = "provider is not initialized"
             return 0
@@ -745,14 +782,30 @@ class QueuedProvider(AsyncIOProvider):
             return None
         return mv[offset : offset + length]
 
-    def send_async_registered(self, sock, buffer_id, offset, length, callback=None, context=None) -> int:
+    def send_async_registered(
+        self,
+        sock: socket.socket,
+        buffer_id: int,
+        offset: int,
+        length: int,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+    ) -> int:
         view = self._registered_slice(buffer_id, offset, length)
         if view is None:
             self.last_error = f"buffer {buffer_id} [{offset}:{offset + length}] is not registered"
             return 0
         return self.send_async(sock, view, callback, context)
 
-    def recv_async_registered(self, sock, buffer_id, offset, max_length, callback=None, context=None) -> int:
+    def recv_async_registered(
+        self,
+        sock: socket.socket,
+        buffer_id: int,
+        offset: int,
+        max_length: int,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+    ) -> int:
         # A session's receive loop runs through here: no as_memoryview or writability check per
         # call (register_buffer made the view 1-D bytes and refused read-only buffers).
         mv = self._buffers.get(buffer_id)

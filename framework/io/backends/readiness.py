@@ -73,7 +73,7 @@ import socket
 from collections import deque
 from collections.abc import Sequence
 from itertools import islice
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from framework.io.backends.base import Operation, QueuedStreamsProvider, SocketEntry, as_memoryview, log
 from framework.io.errors import map_errno
@@ -188,6 +188,8 @@ class ReadinessProvider(QueuedStreamsProvider):
         self._sev: list[Any] = []
         self._stream_serial = itertools.count(1)
         self._streams_open = 0
+        # The registration table, typed as what it holds here (entries are _ENTRY_CLASS's).
+        self._rsockets = cast("dict[int, ReadinessSocket]", self._sockets)
 
     # ------------------------------------------------------------------ kernel hooks
     def _open_kernel(self) -> None:
@@ -266,7 +268,9 @@ class ReadinessProvider(QueuedStreamsProvider):
 
     # ------------------------------------------------------------------ operations
     def _backend_recv(self, op: Operation) -> None:
-        st = op.entry.state
+        entry = op.entry
+        assert entry is not None  # the hooks get operations on registered sockets only
+        st = entry.state
         q = st.recvq
         if q or st.drained:  # earlier recvs wait for an edge (FIFO), or the queue is known empty
             if q is None:
@@ -277,10 +281,10 @@ class ReadinessProvider(QueuedStreamsProvider):
         buf = op.buf
         try:
             if buf is None:  # provided buffer: memory only for what arrived
-                data = op.sock.recv(_PROVIDED_READ)
+                data = st.sock.recv(_PROVIDED_READ)
                 n = len(data)
             else:
-                n = op.sock.recv_into(buf)
+                n = st.sock.recv_into(buf)
         except BlockingIOError:
             st.recvq = [op]  # empty or None here (checked above)
             return
@@ -295,7 +299,9 @@ class ReadinessProvider(QueuedStreamsProvider):
             self._complete(op, _SUCCESS, n, 0)
 
     def _backend_send(self, op: Operation) -> None:
-        st = op.entry.state
+        entry = op.entry
+        assert entry is not None  # the hooks get operations on registered sockets only
+        st = entry.state
         q = st.sendq
         if q is None:
             q = st.sendq = deque()
@@ -319,7 +325,9 @@ class ReadinessProvider(QueuedStreamsProvider):
         return n
 
     def _backend_accept(self, op: Operation) -> None:
-        st = op.entry.state
+        entry = op.entry
+        assert entry is not None  # the hooks get operations on registered sockets only
+        st = entry.state
         if st.acceptq is None:
             st.acceptq = deque()
         st.acceptq.append(op)
@@ -327,12 +335,14 @@ class ReadinessProvider(QueuedStreamsProvider):
             self._drain_accepts(st)
 
     def _backend_connect(self, op: Operation) -> None:
-        st = op.entry.state
+        entry = op.entry
+        assert entry is not None  # the hooks get operations on registered sockets only
+        st = entry.state
         if st.connect_op is not None:
             self._fail(op, errno.EALREADY)
             return
         try:
-            err = op.sock.connect_ex(op.address)
+            err = st.sock.connect_ex(op.address)
         except OSError as exc:  # bad address (e.g. gaierror) rather than a connect error
             self._fail(op, exc.errno or errno.EINVAL)
             return
@@ -353,7 +363,7 @@ class ReadinessProvider(QueuedStreamsProvider):
             else:
                 q = st.recvq if t == OpType.RECV else st.sendq if t == OpType.SEND else st.acceptq
                 try:
-                    q.remove(op)  # type: ignore[union-attr]
+                    q.remove(op)
                 except (ValueError, AttributeError):  # not queued (or no queue: never was)
                     pass
         self._complete(op, status, op.done, error_code)
@@ -467,6 +477,7 @@ class ReadinessProvider(QueuedStreamsProvider):
 
     def _finish_connect(self, st: ReadinessSocket) -> None:
         op = st.connect_op
+        assert op is not None  # called only while a connect waits
         sock = st.sock
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err == 0:
@@ -567,6 +578,7 @@ class ReadinessProvider(QueuedStreamsProvider):
         if st is None:
             self.last_error = "stream_open: socket is not registered"
             return 0
+        assert isinstance(st, ReadinessSocket)  # this provider's _ENTRY_CLASS
         if st.sid or st.recvq or sock.type != socket.SOCK_STREAM:
             self.last_error = "stream_open: one stream per connected stream socket, with no recv pending"
             return 0
@@ -583,11 +595,11 @@ class ReadinessProvider(QueuedStreamsProvider):
         return sid
 
     def _stream(self, stream_id: int) -> ReadinessSocket | None:
-        st = self._sockets.get(stream_id & _SID_FD)
-        return st if st is not None and st.sid == stream_id and stream_id else None  # type: ignore[return-value]
+        st = self._rsockets.get(stream_id & _SID_FD)
+        return st if st is not None and st.sid == stream_id and stream_id else None
 
     def stream_send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
-        st = self._sockets.get(stream_id & _SID_FD)
+        st = self._rsockets.get(stream_id & _SID_FD)
         if st is None or st.sid != stream_id or not stream_id:
             return -errno.ENOTCONN
         if st.sflags & _S_FAILED:
@@ -669,9 +681,10 @@ class ReadinessProvider(QueuedStreamsProvider):
         ctx = st.sctx
         buf = self._sbuf
         view = self._sview
-        size = len(buf)  # type: ignore[arg-type]
-        recv_into = st.sock.recv_into
         on_data = self._on_stream_data
+        assert buf is not None and view is not None and on_data is not None  # set by stream_open
+        size = len(buf)
+        recv_into = st.sock.recv_into
         short_drains = self.SHORT_READ_DRAINS and not st.always_try
         for _ in range(_STREAM_READS):
             try:
@@ -688,7 +701,7 @@ class ReadinessProvider(QueuedStreamsProvider):
                 return
             self._delivered += 1
             try:
-                on_data(ctx, view[:n])  # type: ignore[index]
+                on_data(ctx, view[:n])
             except Exception:
                 self._callback_errors += 1
                 log.exception("stream handler raised", backend=self.name, kind=0)
@@ -715,19 +728,20 @@ class ReadinessProvider(QueuedStreamsProvider):
     def _stream_write(self, st: ReadinessSocket) -> None:
         """A write edge: send what is queued (one send; short means the buffer is full again)."""
         out = st.sout
+        assert out is not None  # called only with bytes queued
         try:
-            n = st.sock.send(out)  # type: ignore[arg-type]
+            n = st.sock.send(out)
         except BlockingIOError:
             return
         except OSError as exc:
             self._stream_failed(st, exc.errno or errno.EPIPE, False)
             return
-        if n >= len(out):  # type: ignore[arg-type]
+        if n >= len(out):
             st.sout = None  # an idle stream keeps no send memory
             left = 0
         else:
-            del out[:n]  # type: ignore[index]  # CPython drops a bytearray's head without moving the rest
-            left = len(out)  # type: ignore[arg-type]
+            del out[:n]  # CPython drops a bytearray's head without moving the rest
+            left = len(out)
             self._partial_writes += 1
         if st.swatch >= 0 and left <= st.swatch:
             st.swatch = -1
@@ -751,8 +765,10 @@ class ReadinessProvider(QueuedStreamsProvider):
 
     def _stream_emit(self, st: ReadinessSocket, kind: int, code: int) -> None:
         self._delivered += 1
+        on_event = self._on_stream_event
+        assert on_event is not None  # set before any stream was opened
         try:
-            self._on_stream_event(st.sctx, kind, code)
+            on_event(st.sctx, kind, code)
         except Exception:
             self._callback_errors += 1
             log.exception("stream handler raised", backend=self.name, kind=kind)
