@@ -81,9 +81,11 @@ sanitize: $(STAMP)
 		$(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS) $(PYTEST_ARGS); \
 		status=$$?; $(PY) framework/io/backends/_uring_build.py; exit $$status
 
-# ruff, and the CI workflow against GitHub's workflow schema (bundled with check-jsonschema: offline).
+# ruff, mypy --strict on framework/ ([tool.mypy] in pyproject.toml), and the CI workflow against
+# GitHub's workflow schema (bundled with check-jsonschema: offline).
 lint: $(STAMP)
 	$(PY) -m ruff check framework examples tests benchmarks loadtests
+	$(PY) -m mypy
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
 
 clean:

@@ -166,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return top_main(argv[1:])
     args = parser.parse_args(argv)
-    return args.func(args)
+    rc: int = args.func(args)
+    return rc
 
 
 if __name__ == "__main__":

@@ -71,7 +71,10 @@ def provider_class(name: str) -> type[AsyncIOProvider]:
         module = importlib.import_module(spec.module)
     except ImportError as exc:
         raise BackendUnavailable(name, f"cannot import {spec.module}: {exc}") from exc
-    return getattr(module, spec.cls)
+    cls = getattr(module, spec.cls, None)
+    if not (isinstance(cls, type) and issubclass(cls, AsyncIOProvider)):
+        raise BackendUnavailable(name, f"{spec.module}.{spec.cls} is not an AsyncIOProvider class")
+    return cls
 
 
 def check_available(name: str) -> None:

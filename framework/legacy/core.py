@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -240,6 +240,18 @@ class CallableJob(IocpObject):
             self.fn()
 
 
+def _handle(obj: IocpObject) -> socket.socket:
+    # An object without a handle (closed) is passed on as it is, as RAON hands Winsock a dead
+    # SOCKET: the provider completes the operation with SOCKET_NOT_REGISTERED.
+    return cast(socket.socket, obj.get_handle())
+
+
+def _wsa_buf(overlapped: OverlappedEx) -> memoryview:
+    if overlapped.wsa_buf is None:
+        raise TypeError("the OVERLAPPED has no wsa_buf to send from or receive into")
+    return overlapped.wsa_buf
+
+
 class IocpCore:
     """RAON IocpCore over an AsyncIOProvider.
 
@@ -378,7 +390,7 @@ class IocpCore:
         if not self._posted(
             overlapped,
             self.provider.send_async(
-                obj.get_handle(), overlapped.wsa_buf, self._dispatch, overlapped, timeout_ms
+                _handle(obj), _wsa_buf(overlapped), self._dispatch, overlapped, timeout_ms
             ),
         ):
             return False
@@ -392,7 +404,7 @@ class IocpCore:
         return self._posted(
             overlapped,
             self.provider.recv_async(
-                obj.get_handle(), overlapped.wsa_buf, self._dispatch, overlapped, timeout_ms
+                _handle(obj), _wsa_buf(overlapped), self._dispatch, overlapped, timeout_ms
             ),
         )
 
@@ -401,7 +413,7 @@ class IocpCore:
         """AcceptEx: the completion carries `overlapped.accepted == (sock, addr)`."""
         overlapped.io_type = IoType.ACCEPT
         return self._posted(
-            overlapped, self.provider.accept_async(listener.get_handle(), self._dispatch, overlapped)
+            overlapped, self.provider.accept_async(_handle(listener), self._dispatch, overlapped)
         )
 
     @_serialized
@@ -411,7 +423,7 @@ class IocpCore:
         overlapped.io_type = IoType.CONNECT
         return self._posted(
             overlapped,
-            self.provider.connect_async(obj.get_handle(), address, self._dispatch, overlapped, timeout_ms),
+            self.provider.connect_async(_handle(obj), address, self._dispatch, overlapped, timeout_ms),
         )
 
     @_serialized

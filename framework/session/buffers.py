@@ -169,7 +169,9 @@ class BufferPool:
         if buf.size == self.buffer_size:
             self._free.append(buf)
         else:
-            self._small.free.append(buf)  # type: ignore[union-attr]
+            small = self._small
+            assert small is not None  # a small buffer came from it
+            small.free.append(buf)
 
     def recv_into(self, sock: Any, buf: Buffer, callback: Any, context: Any) -> int:
         """Post a receive into `buf` (registered where the kernel knows the slab)."""

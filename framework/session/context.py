@@ -48,7 +48,9 @@ class OpContext:
         "stream",
     )
 
-    def __init__(self, session_id: SessionId, registry: SessionRegistry, sock: socket.socket) -> None:
+    def __init__(
+        self, session_id: SessionId, registry: SessionRegistry | None, sock: socket.socket | None
+    ) -> None:
         self.slot = session_id.slot
         self.generation = session_id.generation
         self.registry = registry
@@ -67,6 +69,8 @@ class OpContext:
     def ref(self) -> Session | None:
         """The session, while it is still the current one of its slot; else None."""
         registry = self.registry
+        if registry is None:  # a context made by hand (Session.id's setter): in no registry
+            return None
         slot = self.slot
         if registry._generations[slot] == self.generation:
             return registry._sessions[slot]

@@ -161,7 +161,7 @@ class Session:
     @id.setter
     def id(self, sid: SessionId) -> None:
         # For a session placed in a registry by hand (tests); _attach makes the real context.
-        self._ctx = OpContext(sid, None, None)  # type: ignore[arg-type]
+        self._ctx = OpContext(sid, None, None)
 
     @property
     def peer(self) -> Any:

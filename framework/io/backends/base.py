@@ -542,7 +542,9 @@ class QueuedProvider(AsyncIOProvider):
             if entry.op1 is op:
                 entry.op1 = None
             else:
-                entry.more.remove(op)  # type: ignore[union-attr]  # _new_op put it there
+                more = entry.more
+                assert more is not None  # _new_op put it there
+                more.remove(op)
         if status == 0:  # Status.SUCCESS; plain int compare, see the constants above
             self._completed += 1
         elif status == 2:  # Status.CANCELLED

@@ -825,17 +825,19 @@ class IoUringProvider(QueuedStreamsProvider):
         if st is not None:
             # Not in the kernel yet: nothing to wait for.
             if op.op_type == _SEND and st.sending is not op:
-                try:
-                    st.send_queue.remove(op)  # type: ignore[union-attr]
-                except (ValueError, AttributeError):
-                    pass
+                if st.send_queue is not None:
+                    try:
+                        st.send_queue.remove(op)
+                    except ValueError:
+                        pass
                 self._complete(op, status, op.done, error_code)
                 return
             if op.op_type == _ACCEPT and self._multishot:
-                try:
-                    st.accept_waiters.remove(op)  # type: ignore[union-attr]
-                except (ValueError, AttributeError):
-                    pass
+                if st.accept_waiters is not None:
+                    try:
+                        st.accept_waiters.remove(op)
+                    except ValueError:
+                        pass
                 self._complete(op, status, 0, error_code)
                 return
         self._cancelling[op_id] = (status, error_code)

@@ -92,7 +92,8 @@ def map_windows_error(code: int) -> int:
 def _is_bound(sock: socket.socket) -> bool:
     """Winsock's getsockname fails (WSAEINVAL) on an unbound socket; other stacks report port 0."""
     try:
-        return sock.getsockname()[1] != 0
+        port: int = sock.getsockname()[1]
+        return port != 0
     except OSError:
         return False
 
@@ -318,9 +319,9 @@ class IocpProvider(QueuedProvider):
         while self._inflight and time.monotonic() < deadline:
             for key, lpov, _nbytes in self._dequeue(100):
                 if key == self.KEY_IO:
-                    req = self._inflight.pop(int(ffi.cast("FW_OVERLAPPED *", lpov).op_id), None)
-                    if req is not None and req.accept_sock is not None:
-                        req.accept_sock.close()
+                    returned = self._inflight.pop(int(ffi.cast("FW_OVERLAPPED *", lpov).op_id), None)
+                    if returned is not None and returned.accept_sock is not None:
+                        returned.accept_sock.close()
         if self._inflight:
             log.warning(
                 "iocp: requests never returned by the kernel; their memory is kept", count=len(self._inflight)
