@@ -47,6 +47,7 @@ for _name, _module, _cls in (
 
 
 def backend_names() -> list[str]:
+    """Every registered backend's name, whether or not it can run here."""
     return list(_REGISTRY)
 
 

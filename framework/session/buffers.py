@@ -165,6 +165,7 @@ class BufferPool:
         return self.acquire()
 
     def release(self, buf: Buffer) -> None:
+        """Give a loaned buffer back (to the pool of its size)."""
         self._loaned -= 1
         if buf.size == self.buffer_size:
             self._free.append(buf)
@@ -197,6 +198,7 @@ class BufferPool:
         self._loaned = 0
 
     def statistics(self) -> dict[str, int | bool]:
+        """Counters of the pool: capacity, buffers loaned and free, registration."""
         return {
             "capacity": self._large.capacity,
             "small_capacity": self._small.capacity if self._small is not None else 0,

@@ -17,6 +17,10 @@ from framework.session.session import Session
 
 
 class Client(SessionHost):
+    """Outgoing sessions on one completion loop: `connect()` opens them; the loop runs in the
+    thread that calls `run_until`, `run_once` or `serve_forever` (`stop()` ends the latter from any
+    thread). A context manager: leaving it closes every session and the provider."""
+
     def __init__(
         self,
         settings: Any,
@@ -77,6 +81,7 @@ class Client(SessionHost):
             self._io.post(None)
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait until the loop stopped (after `stop`); False when `timeout` seconds passed first."""
         return self._done.wait(timeout)
 
     def close(self, timeout_s: float | None = None) -> tuple[int, int]:

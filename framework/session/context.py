@@ -1,4 +1,4 @@
-"""Generation-checked operation contexts (the seed's SessionContext, CASE 3.1).
+"""Generation-checked operation contexts: what a session's operations carry instead of the session.
 
 Every operation posted for a session carries that session's `OpContext` as its provider
 `user_context`. The context names the session by its slot and generation and never holds the

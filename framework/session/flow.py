@@ -10,6 +10,9 @@ from __future__ import annotations
 
 
 class Flow:
+    """A session's input flow-control state: its read budget in the current loop turn, held
+    (undecoded) input, and whether reading is paused. Made with the session's first input."""
+
     __slots__ = (
         "bytes_left",
         "frames_left",

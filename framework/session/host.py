@@ -84,6 +84,7 @@ class Timer:
         self.cancelled = False
 
     def cancel(self) -> None:
+        """The callback will not run (again)."""
         self.cancelled = True
         self.fn = _noop  # drop references (a cancelled timer stays in the heap until due)
 
@@ -118,9 +119,11 @@ class LoopFuture:
         self._callbacks: list[Callable[[LoopFuture], Any]] = []
 
     def done(self) -> bool:
+        """True once a result or an exception was set."""
         return self._done
 
     def result(self) -> Any:
+        """The result; raises the exception that was set, or RuntimeError while not done."""
         if not self._done:
             raise RuntimeError("future is not done")
         if self._exception is not None:
@@ -128,6 +131,7 @@ class LoopFuture:
         return self._result
 
     def set_result(self, value: Any = None) -> None:
+        """Finish with `value` and run the callbacks (ignored once done)."""
         if self._done:
             return
         self._done = True
@@ -135,6 +139,7 @@ class LoopFuture:
         self._fire()
 
     def set_exception(self, exc: BaseException) -> None:
+        """Finish with `exc`, raised to whoever awaits it, and run the callbacks (ignored once done)."""
         if self._done:
             return
         self._done = True
@@ -142,6 +147,7 @@ class LoopFuture:
         self._fire()
 
     def add_done_callback(self, fn: Callable[[LoopFuture], Any]) -> None:
+        """Call `fn(future)` when done (at once if it already is)."""
         if self._done:
             fn(self)
         else:
@@ -359,6 +365,7 @@ class SessionHost:
         return fut
 
     def create_future(self) -> LoopFuture:
+        """A future that handler coroutines on this loop can await; set it from the loop thread."""
         return LoopFuture()
 
     def _run_timers(self) -> None:
@@ -1313,6 +1320,7 @@ class SessionHost:
 
     @property
     def stats(self) -> dict[str, Any]:
+        """Counters of this host: sessions, frames and bytes, closes by reason, buffers."""
         provider = self.provider
         out: dict[str, Any] = {
             "sessions": len(self.registry),
@@ -1426,8 +1434,8 @@ class SessionHost:
         return n
 
     def _retry_completions(self, results: list[CompletionResult]) -> int:
-        """The seed's ResilientProcessCompletions: a failed process_completions is retried with
-        back-off (10 ms << attempt, 3 attempts in all); then ProviderError."""
+        """A failed process_completions is retried with back-off (10 ms << attempt, 3 attempts in
+        all); then ProviderError (docs/PROVIDER.md, "process_completions")."""
         provider = self._io
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             self.provider_failures += 1
@@ -1459,7 +1467,7 @@ class SessionHost:
         raise AssertionError("unreachable")
 
     def _check_error_rate(self) -> None:
-        """The seed's CompletionErrorHandler: warn when more than 5 % of loop calls failed."""
+        """Warn when more than 5 % of loop calls failed."""
         calls, failures = self._loop_calls, self._loop_failures
         self._loop_calls = self._loop_failures = 0
         if failures * 100 > _ERROR_RATE_PERCENT * calls:

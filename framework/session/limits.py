@@ -113,6 +113,7 @@ class RateLimits:
         return SessionLimiter(self, now) if self.enabled else None
 
     def per_s(self, limit: str) -> float:
+        """The refill rate (per second) of the limit named `limit`."""
         if limit == MESSAGES:
             return self.messages_per_s
         if limit == BYTES:

@@ -54,6 +54,7 @@ class Group:
 
     @property
     def members(self) -> list[Session]:
+        """A snapshot of the group's sessions."""
         return list(self._members.values())
 
     def __len__(self) -> int:
@@ -75,8 +76,8 @@ class Group:
 
     def _send_to_all(self, frame: bytes, exclude: Session | None) -> int:
         # send_encoded inlined for an open member under its high-water mark: two Python calls
-        # fewer per member of every broadcast (5,000 per tick in B1). Anything else, including a
-        # class that overrides send_encoded, takes the full path. With provider streams, members
+        # fewer per member of every broadcast (a 5,000-member room's tick: 10,000 calls fewer).
+        # Anything else, including a class that overrides send_encoded, takes the full path. With provider streams, members
         # with nothing queued go to the registry's fanout instead: one provider call hands the
         # frame to all their streams (their order holds: nothing of theirs waits in Python).
         size = len(frame)
@@ -158,6 +159,7 @@ class SessionRegistry:
         return True
 
     def is_current(self, sid: SessionId) -> bool:
+        """True while the session with this exact id is still in the registry."""
         slot = sid.slot
         return 0 <= slot < len(self._generations) and self._generations[slot] == sid.generation
 
@@ -202,6 +204,7 @@ class SessionRegistry:
         return group
 
     def remove_group(self, name: str) -> None:
+        """Drop the group called `name` and its memberships (its sessions stay open)."""
         group = self._groups.pop(name, None)
         if group is not None:
             for session in group.members:
@@ -209,6 +212,7 @@ class SessionRegistry:
 
     @property
     def groups(self) -> dict[str, Group]:
+        """A snapshot of the groups by name."""
         return dict(self._groups)
 
     def broadcast(self, msg: Any) -> int:

@@ -42,7 +42,7 @@ log = structlog.get_logger("framework.session")
 _SUCCESS = Status.SUCCESS
 
 # Resource exhaustion on accept: back off and retry (the listener stays healthy). ENOBUFS arrives
-# mapped to BUFFER_TOO_SMALL by the seed's table.
+# mapped to BUFFER_TOO_SMALL (docs/PROVIDER.md, "Error codes").
 _ACCEPT_BACKOFF_ERRORS = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, int(ErrorCode.BUFFER_TOO_SMALL)}
 )
@@ -499,7 +499,7 @@ class Server(SessionHost):
             # This process is the server from here on: everything alive now (modules, settings,
             # the provider) lives until exit. Freezing it keeps the cyclic GC's full passes, which
             # run in the loop thread and stall every session, from scanning ~36k start-up objects
-            # again (B1, 5,000 sessions: full passes of 20-100 ms -> 6-15 ms). After the signal
+            # again (with 5,000 sessions, full passes of 20-100 ms became 6-15 ms). After the signal
             # handlers: a SIGTERM during the collection must still end in a graceful shutdown.
             gc.collect()
             gc.freeze()
@@ -555,6 +555,7 @@ class Server(SessionHost):
 
     @property
     def stats(self) -> dict[str, Any]:
+        """The host's counters plus accepts, refusals by reason and listeners."""
         out = super().stats
         out.update(
             accepted=self.accepted,

@@ -189,6 +189,7 @@ class Session:
 
     @property
     def connected(self) -> bool:
+        """True while the session is open (connected and not closing)."""
         return getattr(self, "_state", CLOSED) == OPEN
 
     @property
@@ -216,6 +217,7 @@ class Session:
 
     @property
     def stats(self) -> dict[str, int]:
+        """This session's frame and byte counters and its queued output."""
         return {
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,

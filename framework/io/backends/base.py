@@ -141,6 +141,7 @@ class SocketEntry:
 
 
 def as_memoryview(data: bytes | bytearray | memoryview) -> memoryview:
+    """`data` as a 1-D memoryview of bytes (a view of another shape is cast)."""
     mv = data if isinstance(data, memoryview) else memoryview(data)
     if mv.ndim != 1 or mv.itemsize != 1:
         mv = mv.cast("B")

@@ -67,7 +67,8 @@ log = structlog.get_logger("framework.io")
 ffi = win.ffi
 
 ERROR_CONNECTION_ABORTED = 1236
-# Win32 (NTSTATUS-derived) codes that some paths report instead of the Winsock code of the seed.
+# Win32 (NTSTATUS-derived) codes that some paths report instead of the Winsock code the error table
+# maps (docs/PROVIDER.md, "Error codes").
 _WIN32_TO_WSA = {
     ERROR_NETNAME_DELETED: WSAECONNRESET,
     ERROR_CONNECTION_REFUSED: WSAECONNREFUSED,
@@ -85,7 +86,7 @@ _never_returned: list[Any] = []
 
 
 def map_windows_error(code: int) -> int:
-    """A Windows error (Winsock or Win32) -> `ErrorCode` where the seed maps it, else the code."""
+    """A Windows error (Winsock or Win32) -> `ErrorCode` where the table maps it, else the code."""
     return map_wsa_error(_WIN32_TO_WSA.get(code, code))
 
 

@@ -1,6 +1,6 @@
 """legacy_iocp backend: the AsyncIOProvider interface on top of a RAON-style `IocpCore`.
 
-The seed's `IocpLegacyProvider` wraps the existing `IocpCore` and adapts `IocpCore::HandleIocp` to
+`IocpLegacyProvider` wraps the existing `IocpCore` and adapts `IocpCore::HandleIocp` to
 the provider interface, so new `Session` code runs inside a legacy process. "Wrapping" here means:
 - the provider owns (or is given) an `IocpCore`; every registered socket becomes an `IocpObject`
   associated with that core (the completion key), and every operation is issued through the core's
@@ -69,6 +69,7 @@ class IocpLegacyProvider(QueuedProvider):
 
     @property
     def core(self) -> IocpCore:
+        """The IocpCore this provider runs on; RuntimeError before initialize."""
         if self._core is None:
             raise RuntimeError("provider is not initialized")
         return self._core
