@@ -50,10 +50,9 @@ def _undocumented() -> list[str]:
                     missing.append(where)
                 for attr, member in vars(obj).items():
                     func = getattr(member, "__func__", member)
-                    public = not attr.startswith("_")
-                    if public and (inspect.isfunction(func) or isinstance(member, property)):
-                        if not _member_doc(obj, attr):
-                            missing.append(f"{where}.{attr}")
+                    documentable = inspect.isfunction(func) or isinstance(member, property)
+                    if documentable and not attr.startswith("_") and not _member_doc(obj, attr):
+                        missing.append(f"{where}.{attr}")
     return missing
 
 
