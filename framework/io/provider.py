@@ -1,8 +1,8 @@
 """The AsyncIOProvider contract: one completion-style API over every OS's async I/O.
 
-Every backend (epoll, io_uring, kqueue, IOCP, RIO, the
-RAON legacy adapter) implements this class and proves itself against one contract suite
-(tests/test_provider_contract.py).
+Every backend (epoll, io_uring, kqueue, IOCP, RIO, the RAON legacy adapter) implements this class
+and proves itself against one contract suite (tests/test_provider_contract.py). docs/PROVIDER.md
+says the same contract in prose.
 
 Semantics every backend keeps:
 - Operations complete exactly once, as a `CompletionResult`, through `process_completions`; the
@@ -37,8 +37,7 @@ There is no operation, no `CompletionResult` and no callback per send or per rec
 - `stream_send(id, data)` takes `data` (the caller may reuse it at once) and returns the bytes not
   yet written, this call's included (0: all written already, as a readiness backend's immediate
   `send` usually manages), or a negative error code when the stream can no longer send (see
-  below). Sends go out in call
-  order; a short write is finished by the provider.
+  below). Sends go out in call order; a short write is finished by the provider.
 - `stream_send_many(ids, data, high_water)`: `stream_send` of one `data` to many streams in one
   call (a broadcast); returns the indices (into `ids`) of the streams where it failed or whose
   unsent bytes now exceed `high_water`, the only ones a caller has to look at again.
