@@ -25,6 +25,7 @@ import heapq
 import itertools
 import socket
 import time
+from abc import abstractmethod
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -821,13 +822,13 @@ class QueuedProvider(AsyncIOProvider):
         return self._recv_view(sock, mv[offset : offset + max_length], callback, context, None)
 
     # ------------------------------------------------------------------ backend hooks
+    @abstractmethod
     def _backend_open(self) -> None:
         """Create kernel objects (epoll fd, ring, wake-up fd). Raise OSError on failure."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _backend_close(self) -> None:
         """Release kernel objects; no operation is pending any more."""
-        raise NotImplementedError
 
     def _backend_register(self, entry: SocketEntry) -> None:
         pass
@@ -835,38 +836,41 @@ class QueuedProvider(AsyncIOProvider):
     def _backend_unregister(self, entry: SocketEntry) -> None:
         pass
 
+    @abstractmethod
     def _backend_send(self, op: Operation) -> None:
-        raise NotImplementedError
+        """Start sending `op.buf` (all of it, in order behind the socket's earlier sends)."""
 
+    @abstractmethod
     def _backend_recv(self, op: Operation) -> None:
         """Start a recv into `op.buf`; `op.buf is None` (only where `_provided_on_arrival`): into
         memory the backend picks when data arrives, completed with `_complete(..., data, lease)`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _backend_accept(self, op: Operation) -> None:
-        raise NotImplementedError
+        """Start accepting one connection on the listening socket."""
 
+    @abstractmethod
     def _backend_connect(self, op: Operation) -> None:
-        raise NotImplementedError
+        """Start connecting the socket to `op.address`."""
 
+    @abstractmethod
     def _backend_cancel(self, op: Operation, status: Status, error_code: int) -> None:
         """Stop `op` and complete it with `status` (CANCELLED or TIMEOUT). A completion-based
         backend may complete it later, when the kernel confirms; it must complete it exactly once."""
-        raise NotImplementedError
 
     def _backend_cancel_all(self) -> None:
         """At shutdown: make sure the kernel touches no operation's memory any more. Operations
         still in `_pending` afterwards are completed as CANCELLED by the caller."""
 
+    @abstractmethod
     def _backend_poll(self, timeout_ms: int) -> None:
         """Wait up to `timeout_ms` (-1 forever, 0 poll) for kernel events and turn them into
         completions via `_complete`. Returning early with nothing done is allowed. Must return
         promptly after `_backend_wakeup()` from any thread."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _backend_wakeup(self) -> None:
         """Called from any thread: make a blocked `_backend_poll` return."""
-        raise NotImplementedError
 
     def _backend_set_option(self, name: str, value: Any) -> bool:
         return False

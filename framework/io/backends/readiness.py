@@ -70,6 +70,7 @@ import errno
 import itertools
 import os
 import socket
+from abc import abstractmethod
 from collections import deque
 from collections.abc import Sequence
 from itertools import islice
@@ -192,24 +193,25 @@ class ReadinessProvider(QueuedStreamsProvider):
         self._rsockets = cast("dict[int, ReadinessSocket]", self._sockets)
 
     # ------------------------------------------------------------------ kernel hooks
+    @abstractmethod
     def _open_kernel(self) -> None:
         """Create the kernel object (epoll fd, kqueue). Raise OSError on failure."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _close_kernel(self) -> None:
-        raise NotImplementedError
+        """Close the kernel object."""
 
+    @abstractmethod
     def _watch(self, fd: int, write: bool = True) -> None:
         """Start edge-triggered interest in `fd`: readable (and writable when `write`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _unwatch(self, fd: int) -> None:
         """Stop watching `fd`; it may be closed already (the kernel then dropped it itself)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _wait_events(self, timeout_ms: int) -> Sequence[tuple[int, int]]:
         """One kernel wait (-1 forever, 0 poll): (fd, event bits) pairs, at most `_maxevents`."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ lifecycle
     def _backend_open(self) -> None:
