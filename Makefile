@@ -90,9 +90,11 @@ docs: $(STAMP)
 config-doc: $(STAMP)
 	$(PY) -m framework docs-config > docs/CONFIG.md
 
-# ruff, and the CI workflow against GitHub's workflow schema (bundled with check-jsonschema: offline).
+# ruff, mypy --strict on framework/ ([tool.mypy] in pyproject.toml), and the CI workflow against
+# GitHub's workflow schema (bundled with check-jsonschema: offline).
 lint: $(STAMP)
 	$(PY) -m ruff check framework examples tests benchmarks loadtests
+	$(PY) -m mypy
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
 
 clean:

@@ -49,10 +49,10 @@ def configure_logging(
     (JSON, INFO). Calling it again replaces the previous set-up.
     """
     global _handler
-    settings = settings or LoggingSettings()
-    settings = getattr(settings, "logging", settings)  # a whole Settings works too
-    fmt = format or settings.format
-    lvl = level if level is not None else settings.level
+    given = settings or LoggingSettings()
+    chosen = given.logging if isinstance(given, Settings) else given  # a whole Settings works too
+    fmt = format or chosen.format
+    lvl = level if level is not None else chosen.level
     numeric = _LEVELS[lvl.upper()] if isinstance(lvl, str) else int(lvl)
 
     if fmt == "json":

@@ -637,12 +637,13 @@ def test_the_extension_offers_what_the_c_header_declares():
     import re
 
     from framework.io.backends import _uring, _uring_build
-    from framework.io.provider import STREAM_DRAINED, STREAM_EOF, STREAM_ERROR
+    from framework.io.provider import StreamEvent
 
     declared = re.findall(r"\b(fw_\w+)\(", _uring_build.cdef())
     assert len(declared) >= 30
     missing = [name for name in declared if not hasattr(_uring.lib, name)]
     assert missing == []
     lib = _uring.lib
-    assert (lib.FW_SEV_EOF, lib.FW_SEV_ERROR, lib.FW_SEV_DRAINED) == (STREAM_EOF, STREAM_ERROR, STREAM_DRAINED)
-    assert lib.FW_SEV_DATA not in (STREAM_EOF, STREAM_ERROR, STREAM_DRAINED)
+    assert {kind.name: getattr(lib, f"FW_SEV_{kind.name}") for kind in StreamEvent} == {
+        kind.name: kind.value for kind in StreamEvent
+    }

@@ -23,7 +23,17 @@ from typing import Any
 import pytest
 
 from framework.io import AsyncIOProvider, ErrorCode
-from framework.io.provider import STREAM_DRAINED, STREAM_EOF, STREAM_ERROR
+from framework.io.errors import describe
+from framework.io.factory import provider_class
+from framework.io.provider import (
+    STREAM_DATA,
+    STREAM_DRAINED,
+    STREAM_EOF,
+    STREAM_ERROR,
+    Feature,
+    StreamEvent,
+    StreamsProvider,
+)
 from tests.support.backends import new_provider as new_backend_provider
 from tests.support.backends import stream_backends
 from tests.support.provider import WAIT_S
@@ -130,8 +140,9 @@ def make_rig(new_provider: Callable[[], AsyncIOProvider]) -> Iterator[Callable[.
         p = new_provider()
         for name, value in options.items():
             assert p.set_option(name, value), name
-        assert p.initialize(max_connections, 256), getattr(p, "last_error", "")
-        assert p.supports_feature("Streams")
+        assert p.initialize(max_connections, 256), p.last_error
+        assert isinstance(p, StreamsProvider)
+        assert p.supports_feature(Feature.STREAMS) and p.supports_feature("Streams")
         rig = Rig(p)
         rigs.append(rig)
         return rig
@@ -379,6 +390,42 @@ def test_peer_reset_with_pending_sends_reports_error_then_refuses_sends(make_rig
     assert codes[0] in (ErrorCode.CONNECTION_RESET, errno.EPIPE), codes
     assert rig.kinds("rst").count(STREAM_EOF) <= 1
     assert rig.p.stream_send(sid, b"after the reset") < 0
+
+
+def test_a_send_that_meets_the_reset_returns_the_code_its_event_carries(make_rig, make_pair):
+    """One error convention: a failing stream_send returns the negated code that the stream's
+    ERROR event carries (an ErrorCode where one applies), not the raw errno."""
+    rig = make_rig()
+    client, server = make_pair()
+    sid = rig.open(client, "r")
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.close()  # RST, not yet seen by the provider: the next send meets it
+    time.sleep(0.05)
+    rc = rig.p.stream_send(sid, b"into the reset")
+    rig.pump(lambda: STREAM_ERROR in rig.kinds("r") or STREAM_EOF in rig.kinds("r"))
+    codes = [code for _, kind, code in rig.events if kind == STREAM_ERROR]
+    if rc < 0:  # readiness backends send at once; io_uring may queue the send and fail later
+        assert codes == [-rc], (rc, codes)
+        assert -rc in (ErrorCode.CONNECTION_RESET, errno.EPIPE), describe(-rc)
+    for code in codes:
+        assert code in (ErrorCode.CONNECTION_RESET, errno.EPIPE), describe(code)
+    after = rig.p.stream_send(sid, b"again")
+    assert after < 0 and describe(-after) in ("CONNECTION_RESET", "EPIPE"), after
+
+
+def test_stream_event_kinds_are_one_int_enum_and_features_a_string_enum():
+    assert list(StreamEvent) == [STREAM_DATA, STREAM_EOF, STREAM_ERROR, STREAM_DRAINED]
+    assert all(type(k) is int for k in (STREAM_DATA, STREAM_EOF, STREAM_ERROR, STREAM_DRAINED))
+    assert StreamEvent.EOF == STREAM_EOF and StreamEvent(STREAM_DRAINED) is StreamEvent.DRAINED
+    assert Feature.STREAMS == "Streams" and Feature("ProvidedBuffers") is Feature.PROVIDED_BUFFERS
+
+
+@pytest.mark.parametrize("name", ["iocp", "rio", "legacy_iocp"])
+def test_a_backend_without_streams_has_no_stream_methods_in_its_type(name):
+    # Class-level only: no instance is created (the Windows backends would need their kernel).
+    cls = provider_class(name)
+    assert not issubclass(cls, StreamsProvider)
+    assert not hasattr(cls, "stream_send") and not hasattr(cls, "stream_open")
 
 
 # ---------------------------------------------------------------------------------- stream_close
@@ -681,9 +728,9 @@ def test_streams_can_be_switched_off(new_provider, option):
     # Streams receive into provider memory picked on arrival: off with provided buffers too.
     p = new_provider()
     assert p.set_option(option, False)
-    assert p.initialize(16, 64), getattr(p, "last_error", "")
+    assert p.initialize(16, 64), p.last_error
     try:
-        assert not p.supports_feature("Streams")
+        assert not p.supports_feature(Feature.STREAMS)
     finally:
         p.shutdown()
 

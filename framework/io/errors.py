@@ -1,8 +1,8 @@
 """Platform-independent error codes and the OS error tables that map onto them.
 
-The tables are the seed's ("Platform Error Code Mapping"), exactly: five Linux errno values and five
-WSA codes map onto `ErrorCode`; every other OS code passes through unchanged, so a caller can still
-tell, say, EPIPE from ECONNRESET.
+Five Linux errno values and five WSA codes map onto `ErrorCode` (docs/PROVIDER.md, "Error
+codes"); every other OS code passes through unchanged, so a caller can still tell, say, EPIPE from
+ECONNRESET.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from enum import IntEnum
 
 
 class ErrorCode(IntEnum):
+    """Platform-independent error codes; a completion's `error_code` is one of these where the OS
+    error maps onto it (docs/PROVIDER.md, "Error codes")."""
+
     CONNECTION_REFUSED = 1001
     CONNECTION_RESET = 1002
     CONNECTION_TIMEOUT = 1003
@@ -53,12 +56,12 @@ WSA_TO_ERROR_CODE: dict[int, ErrorCode] = {
 
 
 def map_errno(code: int) -> int:
-    """Linux/BSD errno (positive) -> `ErrorCode` where the seed maps it, else the errno itself."""
+    """Linux/BSD errno (positive) -> `ErrorCode` where the table maps it, else the errno itself."""
     return LINUX_ERRNO_TO_ERROR_CODE.get(code, code)
 
 
 def map_wsa_error(code: int) -> int:
-    """Windows WSA/Win32 error -> `ErrorCode` where the seed maps it, else the code itself."""
+    """Windows WSA/Win32 error -> `ErrorCode` where the table maps it, else the code itself."""
     return WSA_TO_ERROR_CODE.get(code, code)
 
 

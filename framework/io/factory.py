@@ -47,6 +47,7 @@ for _name, _module, _cls in (
 
 
 def backend_names() -> list[str]:
+    """Every registered backend's name, whether or not it can run here."""
     return list(_REGISTRY)
 
 
@@ -71,15 +72,15 @@ def provider_class(name: str) -> type[AsyncIOProvider]:
         module = importlib.import_module(spec.module)
     except ImportError as exc:
         raise BackendUnavailable(name, f"cannot import {spec.module}: {exc}") from exc
-    return getattr(module, spec.cls)
+    cls = getattr(module, spec.cls, None)
+    if not (isinstance(cls, type) and issubclass(cls, AsyncIOProvider)):
+        raise BackendUnavailable(name, f"{spec.module}.{spec.cls} is not an AsyncIOProvider class")
+    return cls
 
 
 def check_available(name: str) -> None:
     """Raise `BackendUnavailable` with the reason when `name` cannot run on this machine."""
-    cls = provider_class(name)
-    probe = getattr(cls, "probe", None)
-    if probe is not None:
-        probe()
+    provider_class(name).probe()
 
 
 def available_backends(platform: str | None = None) -> list[str]:

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -256,6 +256,18 @@ class CallableJob(IocpObject):
             self.fn()
 
 
+def _handle(obj: IocpObject) -> socket.socket:
+    # An object without a handle (closed) is passed on as it is, as RAON hands Winsock a dead
+    # SOCKET: the provider completes the operation with SOCKET_NOT_REGISTERED.
+    return cast(socket.socket, obj.get_handle())
+
+
+def _wsa_buf(overlapped: OverlappedEx) -> memoryview:
+    if overlapped.wsa_buf is None:
+        raise TypeError("the OVERLAPPED has no wsa_buf to send from or receive into")
+    return overlapped.wsa_buf
+
+
 class IocpCore:
     """RAON IocpCore over an AsyncIOProvider.
 
@@ -328,9 +340,9 @@ class IocpCore:
             except BackendUnavailable as exc:  # RAON reports a failed Initialize() as false
                 self.last_error = str(exc)
                 return False
-        if not getattr(self._provider, "initialized", False):
+        if not self._provider.initialized:
             if not self._provider.initialize(self._max_connections, self._cq_size):
-                self.last_error = getattr(self._provider, "last_error", "") or "initialize failed"
+                self.last_error = self._provider.last_error or "initialize failed"
                 return False
             self._owns_provider = True
             for name, value in self._options.items():
@@ -374,7 +386,7 @@ class IocpCore:
             self.last_error = "object has no handle"
             return False
         if not self.provider.register_socket(sock, obj):
-            self.last_error = getattr(self.provider, "last_error", "") or "register_socket failed"
+            self.last_error = self.provider.last_error or "register_socket failed"
             return False
         obj.core = self
         return True
@@ -396,7 +408,7 @@ class IocpCore:
         if not self._posted(
             overlapped,
             self.provider.send_async(
-                obj.get_handle(), overlapped.wsa_buf, self._dispatch, overlapped, timeout_ms
+                _handle(obj), _wsa_buf(overlapped), self._dispatch, overlapped, timeout_ms
             ),
         ):
             return False
@@ -410,7 +422,7 @@ class IocpCore:
         return self._posted(
             overlapped,
             self.provider.recv_async(
-                obj.get_handle(), overlapped.wsa_buf, self._dispatch, overlapped, timeout_ms
+                _handle(obj), _wsa_buf(overlapped), self._dispatch, overlapped, timeout_ms
             ),
         )
 
@@ -419,7 +431,7 @@ class IocpCore:
         """AcceptEx: the completion carries `overlapped.accepted == (sock, addr)`."""
         overlapped.io_type = IoType.ACCEPT
         return self._posted(
-            overlapped, self.provider.accept_async(listener.get_handle(), self._dispatch, overlapped)
+            overlapped, self.provider.accept_async(_handle(listener), self._dispatch, overlapped)
         )
 
     @_serialized
@@ -432,7 +444,7 @@ class IocpCore:
         overlapped.io_type = IoType.CONNECT
         return self._posted(
             overlapped,
-            self.provider.connect_async(obj.get_handle(), address, self._dispatch, overlapped, timeout_ms),
+            self.provider.connect_async(_handle(obj), address, self._dispatch, overlapped, timeout_ms),
         )
 
     @_serialized
@@ -505,7 +517,7 @@ class IocpCore:
     def _posted(self, overlapped: OverlappedEx, op_id: int) -> bool:
         overlapped.operation_id = op_id
         if op_id == 0:
-            self.last_error = getattr(self._provider, "last_error", "") or "operation not posted"
+            self.last_error = (self._provider.last_error if self._provider else "") or "operation not posted"
             return False
         return True
 

@@ -72,7 +72,7 @@ class IocpLegacyProvider(QueuedProvider):
 
     @property
     def core(self) -> IocpCore:
-        """The IocpCore this provider posts on (its own, or the one it was given)."""
+        """The IocpCore this provider runs on; RuntimeError before initialize."""
         if self._core is None:
             raise RuntimeError("provider is not initialized")
         return self._core
@@ -86,8 +86,10 @@ class IocpLegacyProvider(QueuedProvider):
                 max_completion_queue_size=self._cq_size,
                 batch_size=self._cq_size,
             )
-        if not self._core.initialize():  # an unusable underlying backend is reported here too
-            raise OSError(f"IocpCore.initialize failed: {self._core.last_error}")
+        core = self._core
+        assert core is not None  # given, or made just above
+        if not core.initialize():  # an unusable underlying backend is reported here too
+            raise OSError(f"IocpCore.initialize failed: {core.last_error}")
 
     def _backend_close(self) -> None:
         if self._owns_core and self._core is not None:
@@ -125,10 +127,18 @@ class IocpLegacyProvider(QueuedProvider):
             self._core.unregister_iocp_object(obj)  # underlying operations complete CANCELLED
 
     # ------------------------------------------------------------------ operations
+    @staticmethod
+    def _obj(op: Operation) -> IocpObject:
+        """The IocpObject of the operation's socket (a hook's operation is on a registered one)."""
+        entry = op.entry
+        assert entry is not None
+        obj: IocpObject = entry.state
+        return obj
+
     def _overlapped(self, op: Operation, io_type: IoType) -> OverlappedEx:
         ov = self._free_ov.pop() if self._free_ov else OverlappedEx(io_type)
         ov.io_type = io_type
-        ov.owner = op.entry.state
+        ov.owner = self._obj(op)
         ov.wsa_buf = op.buf
         ov.user = op
         ov.cancel_status = None
@@ -142,17 +152,17 @@ class IocpLegacyProvider(QueuedProvider):
             self._complete(op, Status.ERROR, 0, ErrorCode.SOCKET_NOT_REGISTERED)
 
     def _backend_send(self, op: Operation) -> None:
-        self._issued(op, self.core.wsa_send(op.entry.state, self._overlapped(op, IoType.SEND)))
+        self._issued(op, self.core.wsa_send(self._obj(op), self._overlapped(op, IoType.SEND)))
 
     def _backend_recv(self, op: Operation) -> None:
-        self._issued(op, self.core.wsa_recv(op.entry.state, self._overlapped(op, IoType.RECV)))
+        self._issued(op, self.core.wsa_recv(self._obj(op), self._overlapped(op, IoType.RECV)))
 
     def _backend_accept(self, op: Operation) -> None:
-        self._issued(op, self.core.accept_ex(op.entry.state, self._overlapped(op, IoType.ACCEPT)))
+        self._issued(op, self.core.accept_ex(self._obj(op), self._overlapped(op, IoType.ACCEPT)))
 
     def _backend_connect(self, op: Operation) -> None:
         ov = self._overlapped(op, IoType.CONNECT)
-        self._issued(op, self.core.connect_ex(op.entry.state, ov, op.address))
+        self._issued(op, self.core.connect_ex(self._obj(op), ov, op.address))
 
     def _backend_cancel(self, op: Operation, status: Status, error_code: int) -> None:
         if isinstance(op.token, OverlappedEx) and op.token.pending:

@@ -186,6 +186,7 @@ class IocpObjectListener(IocpObject):
         if not session.accept(sock, address):
             self.refused_count += 1
             sock.close()
+            assert coordinator is not None  # the session came from it
             coordinator.release_session(session)
             return
         self.accepted_count += 1
@@ -207,6 +208,7 @@ class IocpObjectListener(IocpObject):
                 self.request_accept(overlapped)
             else:
                 log.warning("accept failed", status=int(overlapped.status), error=overlapped.error_code)
+                assert self.core is not None  # registered: its accepts complete
                 self.core.push_timer_job(ACCEPT_RETRY_MS, lambda: self.request_accept(overlapped))
         finally:
             self.release()

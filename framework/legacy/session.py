@@ -217,6 +217,7 @@ class IocpObjectSession(IocpObject):
         self._send_in_flight = True
         self._send_ov.wsa_buf = memoryview(self._sending)
         self.add_ref()
+        assert self.core is not None  # connected sessions are registered
         if not self.core.wsa_send(self, self._send_ov):
             self._send_in_flight = False
             self.release()
@@ -242,6 +243,7 @@ class IocpObjectSession(IocpObject):
                 self._abortive = True
                 self._reserved.clear()
                 self._reserved_packets.clear()
+                assert self.core is not None
                 self.core.disconnect_ex(self, self._disconnect_ov, abortive=True)
             return
         if not self._connected and not self._connecting:
@@ -260,6 +262,7 @@ class IocpObjectSession(IocpObject):
             self._reserved_packets.clear()
         elif self._connected:
             self._post_send()  # reserved but not flushed yet: accepted all the same
+        assert self.core is not None
         if not self.core.disconnect_ex(self, self._disconnect_ov, abortive=abortive, linger_ms=linger_ms):
             self.release()  # provider gone: nothing more will complete
 
@@ -349,6 +352,7 @@ class IocpObjectSession(IocpObject):
     def _post_recv(self) -> None:
         self._recv_ov.wsa_buf = memoryview(self._recv_buf)[self._recv_len :]
         self.add_ref()
+        assert self.core is not None
         if not self.core.wsa_recv(self, self._recv_ov):
             self.release()
             self.disconnect(KickReason.POST_FAILED, "recv could not be posted")

@@ -33,7 +33,7 @@ def build_snapshot(server: Any) -> dict[str, Any]:
             states[state] += 1
         queued += session._out_bytes + session._inflight
     provider = server.provider
-    ps = provider.get_statistics() if provider is not None and getattr(provider, "initialized", True) else None
+    ps = provider.get_statistics() if provider is not None and provider.initialized else None
     return {
         "stats": server.stats,
         "provider": ps,

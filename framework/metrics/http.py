@@ -62,7 +62,8 @@ class MetricsHTTPServer:
             ok, why = self._metrics.ready()
             return _plain(start_response, "200 OK" if ok else "503 Service Unavailable", why)
         if path in ("/metrics", "/"):
-            return self._prometheus(environ, start_response)
+            body: Iterable[bytes] = self._prometheus(environ, start_response)
+            return body
         return _plain(start_response, "404 Not Found", "try /metrics, /healthz or /readyz")
 
     def close(self) -> None:

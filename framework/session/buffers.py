@@ -165,11 +165,14 @@ class BufferPool:
         return self.acquire()
 
     def release(self, buf: Buffer) -> None:
+        """Give a loaned buffer back (to the pool of its size)."""
         self._loaned -= 1
         if buf.size == self.buffer_size:
             self._free.append(buf)
         else:
-            self._small.free.append(buf)  # type: ignore[union-attr]
+            small = self._small
+            assert small is not None  # a small buffer came from it
+            small.free.append(buf)
 
     def recv_into(self, sock: Any, buf: Buffer, callback: Any, context: Any) -> int:
         """Post a receive into `buf` (registered where the kernel knows the slab)."""
@@ -195,6 +198,7 @@ class BufferPool:
         self._loaned = 0
 
     def statistics(self) -> dict[str, int | bool]:
+        """Counters of the pool: capacity, buffers loaned and free, registration."""
         return {
             "capacity": self._large.capacity,
             "small_capacity": self._small.capacity if self._small is not None else 0,

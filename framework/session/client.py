@@ -17,6 +17,10 @@ from framework.session.session import Session
 
 
 class Client(SessionHost):
+    """Outgoing sessions on one completion loop: `connect()` opens them; the loop runs in the
+    thread that calls `run_until`, `run_once` or `serve_forever` (`stop()` ends the latter from any
+    thread). A context manager: leaving it closes every session and the provider."""
+
     def __init__(
         self,
         settings: Any,
@@ -33,7 +37,7 @@ class Client(SessionHost):
         if not self._started:
             self._open_provider()
 
-    def connect(  # type: ignore[override]
+    def connect(
         self,
         host: str,
         port: int,
@@ -74,9 +78,10 @@ class Client(SessionHost):
         """Make serve_forever return (thread-safe); sessions stay open."""
         self._stop_requested = True
         if self._started and not self._closed:
-            self.provider.post(None)
+            self._io.post(None)
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait until the loop stopped (after `stop`); False when `timeout` seconds passed first."""
         return self._done.wait(timeout)
 
     def close(self, timeout_s: float | None = None) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -58,7 +59,7 @@ class MsgpackPayloadDecoder:
     the next frame.
     """
 
-    __slots__ = ("_limits", "_unpacker")
+    __slots__ = ("_new_unpacker", "_unpacker")
 
     def __init__(
         self,
@@ -70,17 +71,18 @@ class MsgpackPayloadDecoder:
         max_map_len: int,
         max_ext_len: int,
     ) -> None:
-        self._limits = {
-            "max_buffer_size": max(1, max_frame_size),
-            "max_str_len": max_str_len,
-            "max_bin_len": max_bin_len,
-            "max_array_len": max_array_len,
-            "max_map_len": max_map_len,
-            "max_ext_len": max_ext_len,
-        }
-        self._unpacker = msgpack.Unpacker(**self._limits)
+        self._new_unpacker = partial(
+            msgpack.Unpacker,
+            max_buffer_size=max(1, max_frame_size),
+            max_str_len=max_str_len,
+            max_bin_len=max_bin_len,
+            max_array_len=max_array_len,
+            max_map_len=max_map_len,
+            max_ext_len=max_ext_len,
+        )
+        self._unpacker = self._new_unpacker()
 
-    def __call__(self, payload: memoryview) -> Any:
+    def __call__(self, payload: memoryview | bytes) -> Any:
         unpacker = self._unpacker
         try:
             unpacker.feed(payload)
@@ -94,16 +96,16 @@ class MsgpackPayloadDecoder:
                 )
             return obj
         except ProtocolError:
-            self._unpacker = msgpack.Unpacker(**self._limits)
+            self._unpacker = self._new_unpacker()
             raise
         except msgpack.OutOfData:
-            self._unpacker = msgpack.Unpacker(**self._limits)
+            self._unpacker = self._new_unpacker()
             raise ProtocolError(
                 f"malformed msgpack: the {len(payload)}-byte payload ends inside a value (truncated)"
                 f"{_excerpt(payload)}"
             ) from None
         except Exception as exc:  # FormatError, StackError, limit ValueErrors, unhashable keys ...
-            self._unpacker = msgpack.Unpacker(**self._limits)
+            self._unpacker = self._new_unpacker()
             # msgpack's FormatError and StackError carry no message: say what they mean.
             detail = str(exc) or _MSGPACK_ERRORS.get(type(exc).__name__, "invalid data")
             raise ProtocolError(
@@ -117,14 +119,14 @@ _MSGPACK_ERRORS = {
 }
 
 
-def _excerpt(payload: memoryview) -> str:
+def _excerpt(payload: memoryview | bytes) -> str:
     head = bytes(payload[:16]).hex(" ")
     return f" (payload starts {head}{' ...' if len(payload) > 16 else ''})"
 
 
-def raw_payload(payload: memoryview) -> bytes:
+def raw_payload(payload: memoryview | bytes) -> bytes:
     """Raw codec: the payload as owned bytes (the receive buffer it came from is reused)."""
-    return payload.tobytes()
+    return payload if isinstance(payload, bytes) else payload.tobytes()
 
 
 class FrameDecoder:
@@ -133,7 +135,7 @@ class FrameDecoder:
 
     __slots__ = ("_buf", "_decode", "_raw", "max_frame_size")
 
-    def __init__(self, max_frame_size: int, decode: Callable[[memoryview], Any] = raw_payload) -> None:
+    def __init__(self, max_frame_size: int, decode: Callable[[memoryview | bytes], Any] = raw_payload) -> None:
         self.max_frame_size = max_frame_size
         self._decode = decode
         self._raw = decode is raw_payload
@@ -159,7 +161,7 @@ class FrameDecoder:
             if self._raw:
                 # Copy the read once; every payload is then a slice of immutable bytes. The common
                 # case, exactly one whole frame, needs no splitting loop.
-                mv = bytes(data)
+                mv: bytes | memoryview = bytes(data)
                 end = len(mv)
                 if end > HEADER_SIZE and _unpack_header(mv, 0)[0] == end - HEADER_SIZE <= self.max_frame_size:
                     out.append(mv[HEADER_SIZE:])
@@ -245,7 +247,7 @@ class FrameDecoder:
                 raise ProtocolError(f"frame of {n} bytes exceeds max_frame_size {self.max_frame_size}")
 
 
-def make_payload_decoder(codec: str, session_settings: Any) -> Callable[[memoryview], Any]:
+def make_payload_decoder(codec: str, session_settings: Any) -> Callable[[memoryview | bytes], Any]:
     """The payload decoder for a codec name, with limits from `settings.session`."""
     if codec == "raw":
         return raw_payload

@@ -1,4 +1,4 @@
-"""Generation-checked operation contexts (the seed's SessionContext, CASE 3.1).
+"""Generation-checked operation contexts: what a session's operations carry instead of the session.
 
 Every operation posted for a session carries that session's `OpContext` as its provider
 `user_context`. The context names the session by its slot and generation and never holds the
@@ -48,7 +48,9 @@ class OpContext:
         "stream",
     )
 
-    def __init__(self, session_id: SessionId, registry: SessionRegistry, sock: socket.socket) -> None:
+    def __init__(
+        self, session_id: SessionId, registry: SessionRegistry | None, sock: socket.socket | None
+    ) -> None:
         self.slot = session_id.slot
         self.generation = session_id.generation
         self.registry = registry
@@ -67,6 +69,8 @@ class OpContext:
     def ref(self) -> Session | None:
         """The session, while it is still the current one of its slot; else None."""
         registry = self.registry
+        if registry is None:  # a context made by hand (Session.id's setter): in no registry
+            return None
         slot = self.slot
         if registry._generations[slot] == self.generation:
             return registry._sessions[slot]

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 
 class Flow:
+    """A session's input flow-control state: its read budget in the current loop turn, held
+    (undecoded) input, and whether reading is paused. Made with the session's first input."""
+
     __slots__ = (
         "held",
         "out_acct",

@@ -14,6 +14,7 @@ so frames stay in order and whatever is queued meanwhile leaves together in the 
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import socket
@@ -26,8 +27,16 @@ from typing import Any
 import msgpack
 import structlog
 
-from framework.io.errors import ErrorCode, ProviderError, describe, map_errno
-from framework.io.provider import STREAM_DRAINED, STREAM_EOF, AsyncIOProvider, CompletionResult, Status
+from framework.io.errors import ErrorCode, ProviderError, describe
+from framework.io.provider import (
+    STREAM_DRAINED,
+    STREAM_EOF,
+    AsyncIOProvider,
+    CompletionResult,
+    Feature,
+    Status,
+    StreamsProvider,
+)
 from framework.session.buffers import Buffer, BufferPool
 from framework.session.codec import HEARTBEAT_FRAME, FrameDecoder, ProtocolError, make_payload_decoder
 from framework.session.context import OpContext
@@ -54,6 +63,14 @@ _ERROR_RATE_PERCENT = 5
 _LOW32 = 0xFFFFFFFF
 
 
+def _append_task(ready: deque[Task], task: Task, _future: LoopFuture) -> None:
+    ready.append(task)  # a future the task awaited is done: it runs again next turn
+
+
+def _no_stream_send(stream_id: int, data: bytes) -> int:
+    return -errno.ENOTCONN  # what `_stream_send` is while the provider runs no streams
+
+
 # ---------------------------------------------------------------------------------------------- timers
 class Timer:
     """Handle of a call_later / call_every callback."""
@@ -68,6 +85,7 @@ class Timer:
         self.cancelled = False
 
     def cancel(self) -> None:
+        """The callback will not run (again)."""
         self.cancelled = True
         self.fn = _noop  # drop references (a cancelled timer stays in the heap until due)
 
@@ -102,9 +120,11 @@ class LoopFuture:
         self._callbacks: list[Callable[[LoopFuture], Any]] = []
 
     def done(self) -> bool:
+        """True once a result or an exception was set."""
         return self._done
 
     def result(self) -> Any:
+        """The result; raises the exception that was set, or RuntimeError while not done."""
         if not self._done:
             raise RuntimeError("future is not done")
         if self._exception is not None:
@@ -112,6 +132,7 @@ class LoopFuture:
         return self._result
 
     def set_result(self, value: Any = None) -> None:
+        """Finish with `value` and run the callbacks (ignored once done)."""
         if self._done:
             return
         self._done = True
@@ -119,6 +140,7 @@ class LoopFuture:
         self._fire()
 
     def set_exception(self, exc: BaseException) -> None:
+        """Finish with `exc`, raised to whoever awaits it, and run the callbacks (ignored once done)."""
         if self._done:
             return
         self._done = True
@@ -126,6 +148,7 @@ class LoopFuture:
         self._fire()
 
     def add_done_callback(self, fn: Callable[[LoopFuture], Any]) -> None:
+        """Call `fn(future)` when done (at once if it already is)."""
         if self._done:
             fn(self)
         else:
@@ -158,6 +181,13 @@ class Task:
 class SessionHost:
     """Completion loop + sessions. Server and Client subclass it."""
 
+    # Set by _open_provider, before any loop-thread method runs: the opened provider and pool
+    # (`provider` and `pool` are the public, possibly None, views), and the provider again as a
+    # StreamsProvider when the sessions use its streams.
+    _io: AsyncIOProvider
+    _pool: BufferPool
+    _sp: StreamsProvider
+
     def __init__(
         self, settings: Any, session_class: type[Session], *, provider: AsyncIOProvider | None = None
     ):
@@ -175,7 +205,7 @@ class SessionHost:
         # The provider keeps each session's receive armed and owns its send queue ("Streams"):
         # no operation, result object or callback per read or per send (see _on_stream_data).
         self._streams = False
-        self._stream_send: Callable[[int, bytes], int] | None = None
+        self._stream_send: Callable[[int, bytes], int] = _no_stream_send
         # Bound once: a pending receive holds its callback, and a bound method made per receive
         # would cost every idle connection 64 bytes (and an allocation per read).
         self._recv_provided_cb = self._on_recv
@@ -250,21 +280,21 @@ class SessionHost:
             provider = create_provider(io.backend, fallback=io.fallback)
             self.provider = provider
         # Headroom over max_connections for listeners and outgoing sockets.
-        if not getattr(provider, "initialized", False) and not provider.initialize(
-            io.max_connections + 64, io.completion_queue_size
-        ):
-            raise ProviderError(f"{provider.name}: initialize failed: {getattr(provider, 'last_error', '')}")
+        if not provider.initialized and not provider.initialize(io.max_connections + 64, io.completion_queue_size):
+            raise ProviderError(f"{provider.name}: initialize failed: {provider.last_error}")
         for name, value in io.options.items():
             if not provider.set_option(name, value):
                 log.warning("provider option not supported", backend=provider.name, option=name, value=value)
-        self._provided = provider.supports_feature("ProvidedBuffers")
-        self._streams = provider.supports_feature("Streams")
-        if self._streams:
+        self._provided = provider.supports_feature(Feature.PROVIDED_BUFFERS)
+        self._streams = isinstance(provider, StreamsProvider) and provider.supports_feature(Feature.STREAMS)
+        self._io = provider
+        if isinstance(provider, StreamsProvider) and self._streams:
+            self._sp = provider
             provider.set_stream_handlers(self._on_stream_data, self._on_stream_event)
             self._stream_send = provider.stream_send
             self.registry.fanout = self._fanout
         b = self.settings.buffers
-        self.pool = BufferPool(
+        self.pool = self._pool = BufferPool(
             provider,
             b.recv_buffer_size,
             0 if self._provided or self._streams else b.initial_buffers,
@@ -337,6 +367,7 @@ class SessionHost:
         return fut
 
     def create_future(self) -> LoopFuture:
+        """A future that handler coroutines on this loop can await; set it from the loop thread."""
         return LoopFuture()
 
     def _run_timers(self) -> None:
@@ -390,7 +421,7 @@ class SessionHost:
         if yielded is None:
             self._ready_tasks.append(task)  # bare yield: run again next turn
         elif isinstance(yielded, LoopFuture):
-            yielded.add_done_callback(lambda _f, t=task: self._ready_tasks.append(t))
+            yielded.add_done_callback(partial(_append_task, self._ready_tasks, task))
         else:
             task.throw = TypeError(
                 f"awaited {type(yielded).__name__}: only host.sleep(), host.create_future() futures "
@@ -513,24 +544,26 @@ class SessionHost:
             self._dirty.append(session)
         if self._streams:
             ctx = session._ctx
-            ctx.stream = self.provider.stream_open(ctx.sock, ctx)
+            assert ctx.sock is not None  # attached with its socket, released only after close
+            ctx.stream = self._sp.stream_open(ctx.sock, ctx)
             if not ctx.stream:
                 self._abort_session(session, "receive could not be posted")
             return
         self._post_recv(session._ctx, None)
 
     def _post_recv(self, ctx: OpContext, buf: Any) -> None:
+        assert ctx.sock is not None  # released only once no operation of the session is pending
         if self._provided:
             # No buffer on loan while the receive waits: the provider picks memory when data
             # arrives (so nothing to defer either; its own memory is bounded).
-            if self.provider.recv_async_provided(ctx.sock, self._recv_provided_cb, ctx):
+            if self._io.recv_async_provided(ctx.sock, self._recv_provided_cb, ctx):
                 ctx.pending += 1
             else:
                 session = ctx.ref()
                 if session is not None:
                     self._abort_session(session, "receive could not be posted")
             return
-        pool = self.pool
+        pool = self._pool
         if buf is None:
             buf = pool.acquire_small()
             if buf is None:
@@ -557,7 +590,7 @@ class SessionHost:
 
     def _resume_starved(self) -> None:
         starved = self._starved
-        pool = self.pool
+        pool = self._pool
         while starved and pool.available:
             ctx = starved.popleft()
             session = ctx.ref()
@@ -675,7 +708,7 @@ class SessionHost:
         buf = ctx.recv_buf
         if buf is not None:
             ctx.recv_buf = None
-            self.pool.release(buf)
+            self._pool.release(buf)
         sock = ctx.sock
         if sock is not None:
             ctx.sock = None
@@ -689,7 +722,7 @@ class SessionHost:
         buffer goes back, and the socket once nothing else of it is in flight."""
         self.registry.resolve(ctx)
         if buf is not None:
-            self.pool.release(buf)
+            self._pool.release(buf)
         if ctx.pending <= 0 and ctx.closed:
             self._release_ctx(ctx)
 
@@ -711,7 +744,7 @@ class SessionHost:
         n = result.bytes_transferred
         if n == 0 or result.status != _SUCCESS:
             if buf is not None:
-                self.pool.release(buf)
+                self._pool.release(buf)
             self._recv_ended(session, result.status, result.error_code)
             return
         session.bytes_in += n
@@ -719,21 +752,24 @@ class SessionHost:
         if session._state != OPEN:
             self._post_recv(ctx, buf)  # closing: read and discard until EOF
             return
-        msgs = self._decode(session, result.data if buf is None else buf.view[:n])
+        data = result.data if buf is None else buf.view[:n]
+        assert data is not None  # a successful provided receive carries its bytes
+        msgs = self._decode(session, data)
         if msgs is None:
             if buf is not None:
-                self.pool.release(buf)
+                self._pool.release(buf)
             return
         flow = session._flow
         if flow is not None and flow.rpaused:  # flow control: the next receive waits for the resume
             if buf is not None:
-                self.pool.release(buf)
+                self._pool.release(buf)
             flow.parked = True
             if msgs:
                 self._deliver(session, msgs)
             return
         if buf is None:  # provided buffers: nothing on loan, nothing to size
-            if self.provider.recv_async_provided(ctx.sock, self._recv_provided_cb, ctx):
+            assert ctx.sock is not None  # the session is open
+            if self._io.recv_async_provided(ctx.sock, self._recv_provided_cb, ctx):
                 ctx.pending += 1
             else:
                 self._abort_session(session, "receive could not be posted")
@@ -742,7 +778,7 @@ class SessionHost:
                 self._deliver(session, msgs)
             return
         # Size class of the next receive buffer (see _SMALL_RECV_BUFFER).
-        pool = self.pool
+        pool = self._pool
         size = buf.size
         if n == size:
             ctx.short_reads = 0
@@ -829,6 +865,7 @@ class SessionHost:
             frames_left = self._budget_frames - (spent >> 32)
             bytes_left = self._budget_bytes - (spent & _LOW32)
         decoder = session._decoder
+        assert decoder is not None  # set when the session was attached
         before = len(decoder._buf)
         msgs: list[Any] = []
         try:
@@ -854,8 +891,10 @@ class SessionHost:
 
     def _hold(self, session: Session, flow: Flow, data: memoryview) -> None:
         """Input behind held input or a running ordered handler: kept undecoded, in order."""
+        decoder = session._decoder
+        assert decoder is not None
         try:
-            session._decoder.push(data)
+            decoder.push(data)
         except ProtocolError as exc:
             self.protocol_errors += 1
             self._abort_session(session, f"protocol error: {exc}")
@@ -867,6 +906,7 @@ class SessionHost:
         the next turns, pause reading over read_pause_bytes, and keep the memory budget."""
         self._in_bytes += grown
         decoder = session._decoder
+        assert decoder is not None
         if not flow.held and decoder.has_frame():  # the budget ran out with frames left
             flow.held = True
         if flow.held and not flow.queued and session._task is None and not session._backlog and not session._paused:
@@ -892,7 +932,8 @@ class SessionHost:
         if flow is not None and flow.held:
             if session._paused:
                 return  # output behind: _writing_resumed unholds
-            if session._decoder.has_frame():
+            decoder = session._decoder
+            if decoder is not None and decoder.has_frame():
                 if not flow.queued:
                     flow.queued = True
                     self._held_ready.append(session)
@@ -913,10 +954,12 @@ class SessionHost:
         for _ in range(len(ready)):
             session = ready.popleft()
             flow = session._flow
+            assert flow is not None  # queued with held frames
             flow.queued = False
             if session._state != OPEN or session._task is not None or session._backlog or session._paused:
                 continue  # closed; an ordered handler runs, or output is behind: their ends unhold
             decoder = session._decoder
+            assert decoder is not None
             before = len(decoder._buf)
             msgs: list[Any] = []
             try:
@@ -945,7 +988,8 @@ class SessionHost:
         the session's output is over its high-water mark (asyncio's pause_reading/resume_reading:
         the peer's bytes wait in the kernel, and TCP pushes back on the sender)."""
         if session._state == OPEN:
-            held = len(session._decoder._buf) if flow.held else 0
+            decoder = session._decoder
+            held = len(decoder._buf) if flow.held and decoder is not None else 0
             limit = self._read_pause // 2 if flow.rpaused else self._read_pause
             want = session._paused or held > limit or (flow.held and not self._streams)
         else:
@@ -958,9 +1002,9 @@ class SessionHost:
             if ctx.stream:
                 if want:
                     self.read_pauses += 1
-                    self.provider.stream_pause_reading(ctx.stream)
+                    self._sp.stream_pause_reading(ctx.stream)
                 else:
-                    self.provider.stream_resume_reading(ctx.stream)
+                    self._sp.stream_resume_reading(ctx.stream)
         elif want:
             self.read_pauses += 1  # _on_recv parks the next receive
         elif flow.parked:
@@ -982,11 +1026,11 @@ class SessionHost:
         """Ask the provider for STREAM_DRAINED at the level this session waits for: everything
         written (closing) or the low-water mark (paused)."""
         low = 0 if session._state == CLOSING else self._write_low
-        if self.provider.stream_watch(session._ctx.stream, low):
+        if self._sp.stream_watch(session._ctx.stream, low):
             self._stream_drained(session)
 
     def _stream_drained(self, session: Session) -> None:
-        unsent = self.provider.stream_queued(session._ctx.stream)
+        unsent = self._sp.stream_queued(session._ctx.stream)
         session._inflight = unsent if unsent > 0 else 0
         if session._paused and session._out_bytes + session._inflight <= self._write_low:
             self._writing_resumed(session)
@@ -1080,7 +1124,7 @@ class SessionHost:
         again. Returns how many took the frame."""
         n = len(frame)
         now = self.now
-        flagged = self.provider.stream_send_many([s._ctx.stream for s in sessions], frame, self._write_high)
+        flagged = self._sp.stream_send_many([s._ctx.stream for s in sessions], frame, self._write_high)
         for session in sessions:
             session.frames_out += 1
             session.bytes_out += n
@@ -1090,10 +1134,10 @@ class SessionHost:
         self.bytes_out += n * took
         for i in flagged:
             session = sessions[i]
-            unsent = self.provider.stream_queued(session._ctx.stream)
+            unsent = self._sp.stream_queued(session._ctx.stream)
             if unsent < 0:
                 took -= 1
-                self._abort_session(session, "send error: " + describe(map_errno(-unsent)))
+                self._abort_session(session, "send error: " + describe(-unsent))
                 continue
             session._inflight = unsent
             if not session._over_high_water():  # closed as a slow consumer
@@ -1105,7 +1149,7 @@ class SessionHost:
     def _stream_unsent(self, session: Session) -> int:
         """Bytes handed to the provider and not yet written (the slow path of the high-water
         check asks; the hot path uses the figure from the last flush)."""
-        unsent = self.provider.stream_queued(session._ctx.stream) if session._ctx.stream else 0
+        unsent = self._sp.stream_queued(session._ctx.stream) if session._ctx.stream else 0
         return unsent if unsent > 0 else 0
 
     def _deliver(self, session: Session, msgs: list[Any]) -> None:
@@ -1187,7 +1231,7 @@ class SessionHost:
         dirty = self._dirty
         streams = self._streams
         stream_send = self._stream_send
-        send_async = self.provider.send_async
+        send_async = self._io.send_async
         on_send = self._on_send
         now = self.now
         frames = 0
@@ -1213,7 +1257,7 @@ class SessionHost:
                 self.bytes_out += n
                 unsent = stream_send(ctx.stream, data)
                 if unsent < 0:
-                    self._abort_session(session, "send error: " + describe(map_errno(-unsent)))
+                    self._abort_session(session, "send error: " + describe(-unsent))
                     continue
                 session._inflight = unsent
                 if session._state == CLOSING or session._paused:
@@ -1276,6 +1320,7 @@ class SessionHost:
 
     @property
     def stats(self) -> dict[str, Any]:
+        """Counters of this host: sessions, frames and bytes, closes by reason, buffers."""
         provider = self.provider
         out: dict[str, Any] = {
             "sessions": len(self.registry),
@@ -1316,7 +1361,7 @@ class SessionHost:
             now, self.frames_in, self.frames_out, self.bytes_in, self.bytes_out,
             self.sessions_opened, self.sessions_closed,
         )  # fmt: skip
-        ps = self.provider.get_statistics()
+        ps = self._io.get_statistics()
         log.info(
             "stats",
             interval_s=round(dt, 1),
@@ -1363,7 +1408,7 @@ class SessionHost:
             timeout_ms = 0  # the timed turn measures work, not an idle wait for I/O
             t0 = _perf_counter()
         results = self._results
-        n = self.provider.process_completions(timeout_ms, self._batch, results)
+        n = self._io.process_completions(timeout_ms, self._batch, results)
         self._loop_calls += 1
         if n < 0:
             n = self._retry_completions(results)
@@ -1379,7 +1424,7 @@ class SessionHost:
             self._spent.clear()
         if self._held_ready:
             self._serve_held()
-        if self._starved and self.pool.available:
+        if self._starved and self._pool.available:
             self._resume_starved()
         if self._dirty:
             self._flush()
@@ -1391,9 +1436,9 @@ class SessionHost:
         return n
 
     def _retry_completions(self, results: list[CompletionResult]) -> int:
-        """The seed's ResilientProcessCompletions: a failed process_completions is retried with
-        back-off (10 ms << attempt, 3 attempts in all); then ProviderError."""
-        provider = self.provider
+        """A failed process_completions is retried with back-off (10 ms << attempt, 3 attempts in
+        all); then ProviderError (docs/PROVIDER.md, "process_completions")."""
+        provider = self._io
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             self.provider_failures += 1
             self._loop_failures += 1
@@ -1424,7 +1469,7 @@ class SessionHost:
         raise AssertionError("unreachable")
 
     def _check_error_rate(self) -> None:
-        """The seed's CompletionErrorHandler: warn when more than 5 % of loop calls failed."""
+        """Warn when more than 5 % of loop calls failed."""
         calls, failures = self._loop_calls, self._loop_failures
         self._loop_calls = self._loop_failures = 0
         if failures * 100 > _ERROR_RATE_PERCENT * calls:
@@ -1433,7 +1478,7 @@ class SessionHost:
                 failures=failures,
                 calls=calls,
                 rate_percent=round(100 * failures / calls, 1),
-                backend=self.provider.name,
+                backend=self._io.name,
             )
 
     def run_until(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
@@ -1477,9 +1522,9 @@ class SessionHost:
             pass
         session = self._new_session(cls, sock, address, CONNECTING)
         ctx = session._ctx
-        provider = self.provider
+        provider = self._io
         if not provider.register_socket(sock, ctx):
-            self._finalize(session, f"connect failed: {getattr(provider, 'last_error', 'register failed')}")
+            self._finalize(session, f"connect failed: {provider.last_error or 'register failed'}")
             return session
         timeout_ms = None if timeout_s is None else int(timeout_s * 1000)
         if provider.connect_async(sock, address, self._on_connect, ctx, timeout_ms):

@@ -113,6 +113,7 @@ class RateLimits:
         return SessionLimiter(self, now) if self.enabled else None
 
     def per_s(self, limit: str) -> float:
+        """The refill rate (per second) of the limit named `limit`."""
         if limit == MESSAGES:
             return self.messages_per_s
         if limit == BYTES:
@@ -169,6 +170,7 @@ class SessionLimiter:
         elif kept:
             # Per message: its type's bucket (if it has one) and the session-wide one must both
             # have a token; the type's is only spent when both do.
+            assert types is not None  # the branch above took the case without per-type limits
             key_of = session.rate_limit_key
             per_type = self.limits.types
             kept = []
@@ -185,9 +187,9 @@ class SessionLimiter:
                     if typed is None and key in per_type:
                         per_s, burst = per_type[key]
                         typed = types[key] = TokenBucket(per_s, burst, now)
-                if typed is not None and typed.refill(now) < 1.0:
-                    limit = key
-                    continue
+                    if typed is not None and typed.refill(now) < 1.0:
+                        limit = key
+                        continue
                 if bucket is not None:
                     if bucket.refill(now) < 1.0:
                         limit = MESSAGES
@@ -212,7 +214,9 @@ class SessionLimiter:
     def take_report(self, limit: str, now: float, force: bool = False) -> int:
         """How many drops of `limit` the error reply to send now reports, or 0 when one went out
         less than a second ago (unless `force`: the last reply before a close)."""
-        entry = self.replies[limit]  # type: ignore[index]
+        replies = self.replies
+        assert replies is not None  # made by the drop this report is about
+        entry = replies[limit]
         if not force and now - entry[0] < _REPLY_INTERVAL_S:
             return 0
         n = int(entry[1])

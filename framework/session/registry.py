@@ -34,22 +34,27 @@ class Group:
 
     def add(self, session: Session) -> bool:
         """Add a connected session; False if it is closed or already a member."""
-        if session.closed or session.id in self._members:
+        sid = session.id
+        if session.closed or sid is None or sid in self._members:
             return False
-        self._members[session.id] = session
+        self._members[sid] = session
         if session._groups is None:
             session._groups = set()
         session._groups.add(self)
         return True
 
     def discard(self, session: Session) -> bool:
-        if self._members.pop(session.id, None) is None:
+        """Remove a member; False if it was not one."""
+        sid = session.id
+        if sid is None or self._members.pop(sid, None) is None:
             return False
+        assert session._groups is not None  # add() made it
         session._groups.discard(self)
         return True
 
     @property
     def members(self) -> list[Session]:
+        """A snapshot of the group's sessions."""
         return list(self._members.values())
 
     def __len__(self) -> int:
@@ -71,8 +76,8 @@ class Group:
 
     def _send_to_all(self, frame: bytes, exclude: Session | None) -> int:
         # send_encoded inlined for an open member under its high-water mark: two Python calls
-        # fewer per member of every broadcast (5,000 per tick in B1). Anything else, including a
-        # class that overrides send_encoded, takes the full path. With provider streams, members
+        # fewer per member of every broadcast (a 5,000-member room's tick: 10,000 calls fewer).
+        # Anything else, including a class that overrides send_encoded, takes the full path. With provider streams, members
         # with nothing queued go to the registry's fanout instead: one provider call hands the
         # frame to all their streams (their order holds: nothing of theirs waits in Python).
         size = len(frame)
@@ -102,8 +107,8 @@ class Group:
                 session._dirty = True
                 session._dirty_list.append(session)
             sent += 1
-        if direct:
-            sent += fanout(direct, frame)  # type: ignore[misc]
+        if direct and fanout is not None:  # (members go to `direct` only when there is a fanout)
+            sent += fanout(direct, frame)
         return sent
 
     def __repr__(self) -> str:
@@ -154,6 +159,7 @@ class SessionRegistry:
         return True
 
     def is_current(self, sid: SessionId) -> bool:
+        """True while the session with this exact id is still in the registry."""
         slot = sid.slot
         return 0 <= slot < len(self._generations) and self._generations[slot] == sid.generation
 
@@ -198,6 +204,7 @@ class SessionRegistry:
         return group
 
     def remove_group(self, name: str) -> None:
+        """Drop the group called `name` and its memberships (its sessions stay open)."""
         group = self._groups.pop(name, None)
         if group is not None:
             for session in group.members:
@@ -205,6 +212,7 @@ class SessionRegistry:
 
     @property
     def groups(self) -> dict[str, Group]:
+        """A snapshot of the groups by name."""
         return dict(self._groups)
 
     def broadcast(self, msg: Any) -> int:

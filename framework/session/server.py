@@ -42,7 +42,7 @@ log = structlog.get_logger("framework.session")
 _SUCCESS = Status.SUCCESS
 
 # Resource exhaustion on accept: back off and retry (the listener stays healthy). ENOBUFS arrives
-# mapped to BUFFER_TOO_SMALL by the seed's table.
+# mapped to BUFFER_TOO_SMALL (docs/PROVIDER.md, "Error codes").
 _ACCEPT_BACKOFF_ERRORS = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, int(ErrorCode.BUFFER_TOO_SMALL)}
 )
@@ -181,7 +181,7 @@ class Server(SessionHost):
             if not provider.register_socket(sock):
                 sock.close()
                 self._close_listeners()
-                raise OSError(f"cannot register listener: {getattr(provider, 'last_error', '')}")
+                raise OSError(f"cannot register listener: {provider.last_error}")
             listener = _Listener(sock, (host, bound_port), max(1, min(cfg.backlog, _ACCEPTS_POSTED)))
             self._listeners.append(listener)
             self.addresses.append((host, bound_port))
@@ -219,7 +219,7 @@ class Server(SessionHost):
         """Top the listener up to `target` accepts in flight (none while backing off)."""
         if listener.closed or self._stopping or listener.retry is not None:
             return
-        provider = self.provider
+        provider = self._io
         on_accept = self._on_accept
         ops = listener.ops
         while len(ops) < listener.target:
@@ -244,6 +244,7 @@ class Server(SessionHost):
         if status == _SUCCESS:
             listener.backoff = 0.0
             self._post_accept(listener)  # keep the backlog draining
+            assert result.accepted is not None  # a successful accept carries it
             sock, peer = result.accepted
             self._accepted(sock, peer)
             return
@@ -268,7 +269,7 @@ class Server(SessionHost):
             # Withdraw the other posted accepts so nothing accepts during the back-off (each would
             # fail the same way); the retry posts fresh ones, which try accept() at once.
             for op_id in list(listener.ops):
-                self.provider.cancel(op_id)
+                self._io.cancel(op_id)
         else:
             # ECONNABORTED and friends concern one connection only.
             log.info("accept failed; continuing", address=listener.address, error_code=code)
@@ -318,11 +319,11 @@ class Server(SessionHost):
             pass
         # The peer address is not kept: Session.peer asks the socket when needed (idle memory).
         session = self._new_session(self.session_class, sock, None, CONNECTING)
-        if not self.provider.register_socket(sock, session._ctx):
+        if not self._io.register_socket(sock, session._ctx):
             log.warning(
                 "accepted socket could not be registered; closed",
                 peer=peer,
-                error=getattr(self.provider, "last_error", ""),
+                error=self._io.last_error,
             )
             self.registry.remove(session)
             session._state = CLOSED
@@ -505,7 +506,7 @@ class Server(SessionHost):
             return self._supervise()
         if not self._listening:
             self.start()
-        installed: dict[int, Any] = {}
+        installed: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 installed[sig] = signal.signal(sig, self._on_signal)
@@ -513,7 +514,7 @@ class Server(SessionHost):
             # This process is the server from here on: everything alive now (modules, settings,
             # the provider) lives until exit. Freezing it keeps the cyclic GC's full passes, which
             # run in the loop thread and stall every session, from scanning ~36k start-up objects
-            # again (B1, 5,000 sessions: full passes of 20-100 ms -> 6-15 ms). After the signal
+            # again (with 5,000 sessions, full passes of 20-100 ms became 6-15 ms). After the signal
             # handlers: a SIGTERM during the collection must still end in a graceful shutdown.
             gc.collect()
             gc.freeze()
@@ -569,6 +570,7 @@ class Server(SessionHost):
 
     @property
     def stats(self) -> dict[str, Any]:
+        """The host's counters plus accepts, refusals by reason and listeners."""
         out = super().stats
         out.update(
             accepted=self.accepted,
@@ -640,7 +642,7 @@ class Server(SessionHost):
                 except ProcessLookupError:
                     pass
 
-        installed: dict[int, Any] = {}
+        installed: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 installed[sig] = signal.signal(sig, forward)

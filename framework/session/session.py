@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from framework.session.codec import HEADER, MAX_U32
+from framework.session.codec import HEADER, MAX_U32, FrameDecoder
 from framework.session.context import OpContext, SessionId
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class Session:
         self._sock = sock
         self._ctx = OpContext(sid, host.registry, sock)
         self._state = state
-        self._decoder = None
+        self._decoder: FrameDecoder | None = None  # the host sets it right after attaching
         self._flow: Flow | None = None  # flow-control state, made when first needed (host._flow)
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -161,7 +161,7 @@ class Session:
     @id.setter
     def id(self, sid: SessionId) -> None:
         # For a session placed in a registry by hand (tests); _attach makes the real context.
-        self._ctx = OpContext(sid, None, None)  # type: ignore[arg-type]
+        self._ctx = OpContext(sid, None, None)
 
     @property
     def peer(self) -> Any:
@@ -189,6 +189,7 @@ class Session:
 
     @property
     def connected(self) -> bool:
+        """True while the session is open (connected and not closing)."""
         return getattr(self, "_state", CLOSED) == OPEN
 
     @property
@@ -216,6 +217,7 @@ class Session:
 
     @property
     def stats(self) -> dict[str, int]:
+        """This session's frame and byte counters and its queued output."""
         return {
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,

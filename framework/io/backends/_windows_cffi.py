@@ -373,7 +373,7 @@ def winerror_exc(code: int, what: str) -> OSError:
     """An OSError carrying a Windows error code (`.winerror`), readable on any OS."""
     message = f"{what} failed (error {code})"
     try:
-        found = ffi.getwinerror(code)  # type: ignore[attr-defined]  # Windows only
+        found = ffi.getwinerror(code)  # Windows only
     except AttributeError:  # off Windows (the stand-in kernels) there is no message table
         found = None
     if found:
@@ -385,7 +385,7 @@ def winerror_exc(code: int, what: str) -> OSError:
 
 def last_error() -> int:
     """GetLastError as cffi saved it after the previous call."""
-    err = ffi.getwinerror()  # type: ignore[attr-defined]
+    err = ffi.getwinerror()
     return err[0] if err else 0
 
 

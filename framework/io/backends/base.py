@@ -25,8 +25,9 @@ import heapq
 import itertools
 import socket
 import time
+from abc import abstractmethod
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -36,11 +37,15 @@ from framework.io.provider import (
     AsyncIOProvider,
     CompletionCallback,
     CompletionResult,
+    Feature,
     OpType,
     ProviderStatistics,
     RecvOperation,
     SendOperation,
     Status,
+    StreamDataHandler,
+    StreamEventHandler,
+    StreamsProvider,
 )
 
 log = structlog.get_logger("framework.io")
@@ -63,6 +68,7 @@ class LeasedResult(CompletionResult):
     `lease` is the backend's handle for it (a buffer id, a pooled bytearray)."""
 
     __slots__ = ("lease",)
+    lease: Any
 
 
 class Operation:
@@ -136,6 +142,7 @@ class SocketEntry:
 
 
 def as_memoryview(data: bytes | bytearray | memoryview) -> memoryview:
+    """`data` as a 1-D memoryview of bytes (a view of another shape is cast)."""
     mv = data if isinstance(data, memoryview) else memoryview(data)
     if mv.ndim != 1 or mv.itemsize != 1:
         mv = mv.cast("B")
@@ -179,9 +186,9 @@ class QueuedProvider(AsyncIOProvider):
         # Completions a backend handed straight to stream handlers during this call (no result
         # object): they end a blocking wait like results do.
         self._delivered = 0
-        # The two handlers every stream of this provider shares (backends with "Streams").
-        self._on_stream_data: Callable[[Any, memoryview], Any] | None = None
-        self._on_stream_event: Callable[[Any, int, int], Any] | None = None
+        # The two handlers every stream of this provider shares (`QueuedStreamsProvider`).
+        self._on_stream_data: StreamDataHandler | None = None
+        self._on_stream_event: StreamEventHandler | None = None
         self._posted_count = 0
         self._poll_calls = 0  # kernel waits; the contract suite checks an idle loop does not spin
         # Provided-buffer receives: pooled buffers of pending default-path recvs (by op id), the
@@ -308,7 +315,7 @@ class QueuedProvider(AsyncIOProvider):
         self,
         op_type: OpType,
         sock: socket.socket,
-        buf: memoryview | None,
+        buf: memoryview | bytes | None,
         callback: CompletionCallback | None,
         context: Any,
     ) -> Operation:
@@ -356,7 +363,14 @@ class QueuedProvider(AsyncIOProvider):
             entry.more.append(op)
         return op
 
-    def send_async(self, sock, data, callback=None, context=None, timeout_ms=None) -> int:
+    def send_async(
+        self,
+        sock: socket.socket,
+        data: bytes | bytearray | memoryview,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+        timeout_ms: int | None = None,
+    ) -> int:
         if not self._initialized or self._closed:
             self.last_error = "provider is not initialized"
             return 0
@@ -369,7 +383,14 @@ class QueuedProvider(AsyncIOProvider):
         self._backend_send(op)
         return op.op_id
 
-    def recv_async(self, sock, buffer, callback=None, context=None, timeout_ms=None) -> int:
+    def recv_async(
+        self,
+        sock: socket.socket,
+        buffer: bytearray | memoryview,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+        timeout_ms: int | None = None,
+    ) -> int:
         if not self._initialized or self._closed:
             self.last_error = "provider is not initialized"
             return 0
@@ -378,7 +399,14 @@ class QueuedProvider(AsyncIOProvider):
             raise TypeError("recv buffer must be writable")
         return self._recv_view(sock, mv, callback, context, timeout_ms)
 
-    def _recv_view(self, sock, mv: memoryview, callback, context, timeout_ms: int | None) -> int:
+    def _recv_view(
+        self,
+        sock: socket.socket,
+        mv: memoryview,
+        callback: CompletionCallback | None,
+        context: Any,
+        timeout_ms: int | None,
+    ) -> int:
         """recv_async after argument checks: `mv` is a writable 1-D byte view."""
         op = self._new_op(_RECV, sock, mv, callback, context)
         if op.entry is None:
@@ -391,7 +419,13 @@ class QueuedProvider(AsyncIOProvider):
         self._backend_recv(op)
         return op.op_id
 
-    def recv_async_provided(self, sock, callback=None, context=None, timeout_ms=None) -> int:
+    def recv_async_provided(
+        self,
+        sock: socket.socket,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+        timeout_ms: int | None = None,
+    ) -> int:
         """See the module docstring: `_backend_recv` gets `buf=None` where the backend picks memory
         on arrival; else (the default) a normal recv into a pooled buffer, held while it waits."""
         if not self._initialized or self._closed:
@@ -417,7 +451,9 @@ class QueuedProvider(AsyncIOProvider):
         self._backend_recv(op)
         return op.op_id
 
-    def accept_async(self, listen_sock, callback=None, context=None) -> int:
+    def accept_async(
+        self, listen_sock: socket.socket, callback: CompletionCallback | None = None, context: Any = None
+    ) -> int:
         if not self.initialized:
             self.last_error = "provider is not initialized"
             return 0
@@ -427,7 +463,14 @@ class QueuedProvider(AsyncIOProvider):
         self._backend_accept(op)
         return op.op_id
 
-    def connect_async(self, sock, address, callback=None, context=None, timeout_ms=None) -> int:
+    def connect_async(
+        self,
+        sock: socket.socket,
+        address: Any,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+        timeout_ms: int | None = None,
+    ) -> int:
         if not self.initialized:
             self.last_error = "provider is not initialized"
             return 0
@@ -501,7 +544,9 @@ class QueuedProvider(AsyncIOProvider):
             if entry.op1 is op:
                 entry.op1 = None
             else:
-                entry.more.remove(op)  # type: ignore[union-attr]  # _new_op put it there
+                more = entry.more
+                assert more is not None  # _new_op put it there
+                more.remove(op)
         if status == 0:  # Status.SUCCESS; plain int compare, see the constants above
             self._completed += 1
         elif status == 2:  # Status.CANCELLED
@@ -647,20 +692,14 @@ class QueuedProvider(AsyncIOProvider):
                     log.exception("completion callback raised", backend=self.name, result=repr(result))
         return n
 
-    def set_stream_handlers(
-        self, on_data: Callable[[Any, memoryview], Any], on_event: Callable[[Any, int, int], Any]
-    ) -> None:
-        # Kept by every backend; only those reporting "Streams" open streams that use them.
-        self._on_stream_data = on_data
-        self._on_stream_event = on_event
-
     # ------------------------------------------------------------------ options, statistics
-    def supports_feature(self, name: str) -> bool:
+    def supports_feature(self, name: Feature | str) -> bool:
         return name in self._features()
 
     def _features(self) -> frozenset[str]:
-        feats = frozenset({"BatchSubmit", "PostCompletion", "OperationTimeout", "Cancel"})
-        return feats | {"ProvidedBuffers"} if self._provided_on_arrival else feats
+        """The `Feature`s this provider offers now (their string values)."""
+        feats = frozenset({Feature.BATCH_SUBMIT, Feature.POST_COMPLETION, Feature.OPERATION_TIMEOUT, Feature.CANCEL})
+        return feats | {Feature.PROVIDED_BUFFERS} if self._provided_on_arrival else feats
 
     def set_option(self, name: str, value: Any) -> bool:
         if name == "measure_latency":
@@ -747,14 +786,30 @@ class QueuedProvider(AsyncIOProvider):
             return None
         return mv[offset : offset + length]
 
-    def send_async_registered(self, sock, buffer_id, offset, length, callback=None, context=None) -> int:
+    def send_async_registered(
+        self,
+        sock: socket.socket,
+        buffer_id: int,
+        offset: int,
+        length: int,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+    ) -> int:
         view = self._registered_slice(buffer_id, offset, length)
         if view is None:
             self.last_error = f"buffer {buffer_id} [{offset}:{offset + length}] is not registered"
             return 0
         return self.send_async(sock, view, callback, context)
 
-    def recv_async_registered(self, sock, buffer_id, offset, max_length, callback=None, context=None) -> int:
+    def recv_async_registered(
+        self,
+        sock: socket.socket,
+        buffer_id: int,
+        offset: int,
+        max_length: int,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+    ) -> int:
         # A session's receive loop runs through here: no as_memoryview or writability check per
         # call (register_buffer made the view 1-D bytes and refused read-only buffers).
         mv = self._buffers.get(buffer_id)
@@ -767,13 +822,13 @@ class QueuedProvider(AsyncIOProvider):
         return self._recv_view(sock, mv[offset : offset + max_length], callback, context, None)
 
     # ------------------------------------------------------------------ backend hooks
+    @abstractmethod
     def _backend_open(self) -> None:
         """Create kernel objects (epoll fd, ring, wake-up fd). Raise OSError on failure."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _backend_close(self) -> None:
         """Release kernel objects; no operation is pending any more."""
-        raise NotImplementedError
 
     def _backend_register(self, entry: SocketEntry) -> None:
         pass
@@ -781,41 +836,52 @@ class QueuedProvider(AsyncIOProvider):
     def _backend_unregister(self, entry: SocketEntry) -> None:
         pass
 
+    @abstractmethod
     def _backend_send(self, op: Operation) -> None:
-        raise NotImplementedError
+        """Start sending `op.buf` (all of it, in order behind the socket's earlier sends)."""
 
+    @abstractmethod
     def _backend_recv(self, op: Operation) -> None:
         """Start a recv into `op.buf`; `op.buf is None` (only where `_provided_on_arrival`): into
         memory the backend picks when data arrives, completed with `_complete(..., data, lease)`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _backend_accept(self, op: Operation) -> None:
-        raise NotImplementedError
+        """Start accepting one connection on the listening socket."""
 
+    @abstractmethod
     def _backend_connect(self, op: Operation) -> None:
-        raise NotImplementedError
+        """Start connecting the socket to `op.address`."""
 
+    @abstractmethod
     def _backend_cancel(self, op: Operation, status: Status, error_code: int) -> None:
         """Stop `op` and complete it with `status` (CANCELLED or TIMEOUT). A completion-based
         backend may complete it later, when the kernel confirms; it must complete it exactly once."""
-        raise NotImplementedError
 
     def _backend_cancel_all(self) -> None:
         """At shutdown: make sure the kernel touches no operation's memory any more. Operations
         still in `_pending` afterwards are completed as CANCELLED by the caller."""
 
+    @abstractmethod
     def _backend_poll(self, timeout_ms: int) -> None:
         """Wait up to `timeout_ms` (-1 forever, 0 poll) for kernel events and turn them into
         completions via `_complete`. Returning early with nothing done is allowed. Must return
         promptly after `_backend_wakeup()` from any thread."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _backend_wakeup(self) -> None:
         """Called from any thread: make a blocked `_backend_poll` return."""
-        raise NotImplementedError
 
     def _backend_set_option(self, name: str, value: Any) -> bool:
         return False
 
     def _backend_statistics(self) -> dict[str, Any]:
         return {}
+
+
+class QueuedStreamsProvider(QueuedProvider, StreamsProvider):
+    """`QueuedProvider` for a backend with streams: keeps the handlers its streams share."""
+
+    def set_stream_handlers(self, on_data: StreamDataHandler, on_event: StreamEventHandler) -> None:
+        self._on_stream_data = on_data
+        self._on_stream_event = on_event

@@ -78,4 +78,5 @@ class EpollProvider(ReadinessProvider):
             pass  # closed already: the kernel dropped it from the set with its last reference
 
     def _wait_events(self, timeout_ms: int) -> Sequence[tuple[int, int]]:
-        return self._epoll.poll(timeout_ms / 1000.0 if timeout_ms >= 0 else -1, self._maxevents)
+        events: list[tuple[int, int]] = self._epoll.poll(timeout_ms / 1000.0 if timeout_ms >= 0 else -1, self._maxevents)
+        return events

@@ -92,33 +92,34 @@ from framework.io.backends.base import (
     _LATENCY_SAMPLE,
     PROVIDED_BUFFER_SIZE,
     Operation,
-    QueuedProvider,
+    QueuedStreamsProvider,
     SocketEntry,
     _new_operation,
     as_memoryview,
 )
 from framework.io.errors import BackendUnavailable, ErrorCode, map_errno
 from framework.io.provider import (
-    STREAM_DRAINED,
-    STREAM_EOF,
-    STREAM_ERROR,
+    STREAM_DATA,
+    CompletionCallback,
     CompletionResult,
+    Feature,
     OpType,
     SendOperation,
     Status,
+    StreamEvent,
 )
 
 try:  # import-safe on every OS: the extension exists only where liburing was found at install
-    from framework.io.backends import _uring  # type: ignore[attr-defined]
+    from framework.io.backends import _uring
 except ImportError as _exc:  # pragma: no cover - depends on the machine
     _uring = None
     _IMPORT_ERROR = str(_exc)
 else:
     _IMPORT_ERROR = ""
     # fw_uring.h defines the stream event kinds the C reaper emits; they are the contract's.
-    _kinds = (_uring.lib.FW_SEV_EOF, _uring.lib.FW_SEV_ERROR, _uring.lib.FW_SEV_DRAINED)
-    if _kinds != (STREAM_EOF, STREAM_ERROR, STREAM_DRAINED):  # pragma: no cover - a build mismatch
-        _IMPORT_ERROR = f"_uring's stream event kinds {_kinds} differ from the provider contract's"
+    _kinds = tuple(getattr(_uring.lib, f"FW_SEV_{kind.name}") for kind in StreamEvent)
+    if _kinds != tuple(StreamEvent):  # pragma: no cover - a build mismatch
+        _IMPORT_ERROR = f"_uring's stream event kinds {_kinds} differ from StreamEvent's {tuple(StreamEvent)}"
         _uring = None
 
 log = structlog.get_logger("framework.io")
@@ -147,7 +148,7 @@ _INCREMENTAL_RING = (64, 32768)
 _PARKED = object()  # Operation.token of a provided recv waiting in user space for ring buffers
 _NO_STREAM = object()  # a stream slot's context while no stream is open there (None is a context)
 
-_SEV_DATA = _uring.lib.FW_SEV_DATA if _uring is not None else 0
+_SEV_DATA = STREAM_DATA  # a plain int: compared once per stream event
 _CQE_F_BUFFER = _uring.lib.IORING_CQE_F_BUFFER if _uring is not None else 1  # the CQE carries a ring buffer
 _SUCCESS = Status.SUCCESS
 _RECV = OpType.RECV
@@ -196,11 +197,12 @@ def _pack_sockaddr(family: int, address: Any) -> bytes:
     """struct sockaddr for IORING_OP_CONNECT (the kernel copies it when the SQE is submitted)."""
     if family == socket.AF_INET:
         host, port = address[0], address[1]
-        ip, port = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][:2]
+        sa: tuple[Any, ...] = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+        ip, port = sa[0], sa[1]
         return struct.pack("=H", family) + struct.pack("!H", port) + socket.inet_aton(ip) + bytes(8)
     if family == socket.AF_INET6:
         host, port = address[0], address[1]
-        info = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_STREAM)[0][4]
+        info: tuple[Any, ...] = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_STREAM)[0][4]
         flowinfo = address[2] if len(address) > 2 else info[2]
         scope_id = address[3] if len(address) > 3 else info[3]
         return (
@@ -232,7 +234,7 @@ class _UringSocket:
         self.stream = 0  # the open stream's id, 0 = none
 
 
-class IoUringProvider(QueuedProvider):
+class IoUringProvider(QueuedStreamsProvider):
     """Completion-native provider on io_uring (Linux 5.6+; multishot accept from 5.19)."""
 
     name = "io_uring"
@@ -255,7 +257,7 @@ class IoUringProvider(QueuedProvider):
         self._lib: Any = None
         self._ring: Any = None
         self._cqes: Any = None
-        self._cqe_view: memoryview | None = None
+        self._cqe_view: memoryview = _EMPTY  # over the CQE batch array, once the ring exists
         self._wakefd = -1
         self._wake_armed = False
         self._cancelling: dict[int, tuple[Status, int]] = {}
@@ -287,7 +289,7 @@ class IoUringProvider(QueuedProvider):
         # streams (feature "Streams"): per-slot contexts (the handlers are the base class's)
         self._sevs: Any = None
         self._streams_off = False
-        self._sev_view: memoryview | None = None
+        self._sev_view: memoryview = _EMPTY  # over the stream event array, once streams exist
         self._stream_ctx: list[Any] = []
         self._stream_sock: list[_UringSocket | None] = []
 
@@ -381,7 +383,7 @@ class IoUringProvider(QueuedProvider):
         self._sevs = sevs
         self._sev_view = memoryview(self._ffi.buffer(sevs))
         self._stream_ctx = [_NO_STREAM] * n
-        self._stream_sock: list[_UringSocket | None] = [None] * n
+        self._stream_sock = [None] * n
         return True
 
     def _backend_close(self) -> None:
@@ -494,7 +496,9 @@ class IoUringProvider(QueuedProvider):
             self._prep_provided(op)
             return
         op.token = self._ffi.from_buffer(op.buf, require_writable=True)
-        st: _UringSocket = op.entry.state
+        entry = op.entry
+        assert entry is not None  # a hook gets operations on registered sockets only
+        st: _UringSocket = entry.state
         tmo = max(0, op.deadline - time.monotonic_ns()) if op.deadline else -1
         lib = self._lib
         buf_index = op.address
@@ -510,7 +514,9 @@ class IoUringProvider(QueuedProvider):
 
     def _prep_provided(self, op: Operation) -> None:
         """Submit a buffer-select recv (the kernel picks a ring buffer when data arrives)."""
-        st: _UringSocket = op.entry.state
+        entry = op.entry
+        assert entry is not None  # a hook gets operations on registered sockets only
+        st: _UringSocket = entry.state
         tmo = max(0, op.deadline - time.monotonic_ns()) if op.deadline else -1
         size = self._pbuf_ring_size
         rc = self._prep(
@@ -519,7 +525,13 @@ class IoUringProvider(QueuedProvider):
         if rc < 0:
             self._fail(op, -rc)
 
-    def recv_async_provided(self, sock, callback=None, context=None, timeout_ms=None) -> int:
+    def recv_async_provided(
+        self,
+        sock: socket.socket,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+        timeout_ms: int | None = None,
+    ) -> int:
         if timeout_ms is not None or not self._provided_on_arrival or not self._initialized or self._closed:
             return super().recv_async_provided(sock, callback, context, timeout_ms)
         # A session's receive loop: straight to the SQE, without the base class's hops.
@@ -562,7 +574,14 @@ class IoUringProvider(QueuedProvider):
                 n -= 1
                 self._prep_provided(op)
 
-    def send_async(self, sock, data, callback=None, context=None, timeout_ms=None) -> int:
+    def send_async(
+        self,
+        sock: socket.socket,
+        data: bytes | bytearray | memoryview,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+        timeout_ms: int | None = None,
+    ) -> int:
         # The base version minus the memoryview for `bytes` (from_buffer takes bytes as they are)
         # and minus the user-space timeout heap (the kernel times the send: a linked timeout).
         if not self._initialized or self._closed:
@@ -576,7 +595,7 @@ class IoUringProvider(QueuedProvider):
         st: _UringSocket = entry.state
         timed = timeout_ms is not None and timeout_ms >= 0
         if timed or st.sending is not None:
-            if timed:
+            if timeout_ms is not None and timeout_ms >= 0:  # timed
                 op.deadline = time.monotonic_ns() + timeout_ms * 1_000_000
             self._backend_send(op)
             return op.op_id
@@ -618,6 +637,7 @@ class IoUringProvider(QueuedProvider):
                 if self.send_async(sock, data, o.callback, o.context):
                     posted += 1
                 continue
+            assert entry is not None  # st came from it
             buf = data if type(data) is bytes else as_memoryview(data)
             op_id = next(ids)
             op = _new_operation(Operation)  # every slot set here, as in base._new_op
@@ -656,8 +676,10 @@ class IoUringProvider(QueuedProvider):
         got = self._lib.fw_prep_send_batch(self._ring, fds, bufs, lens, uds, k)
         for i in range(got, k):  # the SQ could not be submitted: these never reached the kernel
             op = pending[uds[i]]
+            entry = op.entry
+            assert entry is not None  # made above, on a registered socket
             self._fail(op, errno.EBUSY)
-            self._next_send(op.entry.state)
+            self._next_send(entry.state)
         return posted + k
 
     def _grow_batch(self, n: int) -> None:
@@ -670,7 +692,9 @@ class IoUringProvider(QueuedProvider):
         self._batch_cap = cap
 
     def _backend_send(self, op: Operation) -> None:
-        st: _UringSocket = op.entry.state
+        entry = op.entry
+        assert entry is not None  # a hook gets operations on registered sockets only
+        st: _UringSocket = entry.state
         if st.sending is not None:
             if st.send_queue is None:
                 st.send_queue = deque()
@@ -688,7 +712,7 @@ class IoUringProvider(QueuedProvider):
         remaining = len(op.buf) - op.done
         buf_index = op.address
         if buf_index is None:
-            args = (self._ring, st.io_fd, st.slot >= 0, op.token, op.done, remaining, op.op_id, tmo)
+            args: tuple[Any, ...] = (self._ring, st.io_fd, st.slot >= 0, op.token, op.done, remaining, op.op_id, tmo)
             rc = self._prep(lib.fw_prep_send, *args)
         else:
             args = (
@@ -723,7 +747,9 @@ class IoUringProvider(QueuedProvider):
         heapq.heappush(self._timeouts, (op.deadline, op.op_id))
 
     def _backend_accept(self, op: Operation) -> None:
-        st: _UringSocket = op.entry.state
+        entry = op.entry
+        assert entry is not None  # a hook gets operations on registered sockets only
+        st: _UringSocket = entry.state
         if not self._multishot:
             rc = self._prep(self._lib.fw_prep_accept, self._ring, st.io_fd, st.slot >= 0, 0, op.op_id)
             if rc < 0:
@@ -737,7 +763,7 @@ class IoUringProvider(QueuedProvider):
             st.accepted = deque()
         st.accept_waiters.append(op)
         if not st.accept_ud:
-            self._arm_multishot(op.entry)
+            self._arm_multishot(entry)
 
     def _arm_multishot(self, entry: SocketEntry) -> None:
         st: _UringSocket = entry.state
@@ -765,9 +791,11 @@ class IoUringProvider(QueuedProvider):
         self._complete(op, _SUCCESS, 0, 0, (conn, addr))
 
     def _backend_connect(self, op: Operation) -> None:
-        st: _UringSocket = op.entry.state
+        entry = op.entry
+        assert entry is not None  # a hook gets operations on registered sockets only
+        st: _UringSocket = entry.state
         try:
-            addr = _pack_sockaddr(op.sock.family, op.address)
+            addr = _pack_sockaddr(entry.sock.family, op.address)
         except (OSError, TypeError, ValueError, IndexError) as exc:
             code = exc.errno if isinstance(exc, OSError) and exc.errno and exc.errno > 0 else errno.EINVAL
             self._fail(op, code)
@@ -797,17 +825,19 @@ class IoUringProvider(QueuedProvider):
         if st is not None:
             # Not in the kernel yet: nothing to wait for.
             if op.op_type == _SEND and st.sending is not op:
-                try:
-                    st.send_queue.remove(op)  # type: ignore[union-attr]
-                except (ValueError, AttributeError):
-                    pass
+                if st.send_queue is not None:
+                    try:
+                        st.send_queue.remove(op)
+                    except ValueError:
+                        pass
                 self._complete(op, status, op.done, error_code)
                 return
             if op.op_type == _ACCEPT and self._multishot:
-                try:
-                    st.accept_waiters.remove(op)  # type: ignore[union-attr]
-                except (ValueError, AttributeError):
-                    pass
+                if st.accept_waiters is not None:
+                    try:
+                        st.accept_waiters.remove(op)
+                    except ValueError:
+                        pass
                 self._complete(op, status, 0, error_code)
                 return
         self._cancelling[op_id] = (status, error_code)
@@ -841,6 +871,7 @@ class IoUringProvider(QueuedProvider):
                     if op.buf is not None:
                         complete(op, _SUCCESS, res, 0)
                     elif flags & _CQE_F_BUFFER and res:  # provided: a chunk of ring buffer flags >> 16 at `off`
+                        assert pview is not None  # the kernel picked a buffer from the ring
                         complete(op, _SUCCESS, res, 0, None, pview[off : off + res], flags >> 16)
                     else:  # provided, EOF (a buffer it consumed was accounted by the C reaper)
                         complete(op, _SUCCESS, res, 0, None, _EMPTY)
@@ -850,10 +881,13 @@ class IoUringProvider(QueuedProvider):
                         op.done = done
                         del pending[ud]
                         entry = op.entry
+                        assert entry is not None  # a send in the kernel is on a registered socket
                         if entry.op1 is op:  # base._complete's per-socket tracking
                             entry.op1 = None
                         else:
-                            entry.more.remove(op)
+                            more = entry.more
+                            assert more is not None  # it is tracked there
+                            more.remove(op)
                         sent_ok += 1
                         if op.started_ns:
                             self._latency_total_ns += time.monotonic_ns() - op.started_ns
@@ -896,6 +930,8 @@ class IoUringProvider(QueuedProvider):
         on_data = self._on_stream_data
         on_event = self._on_stream_event
         pview = self._pbuf_view
+        # Streams exist only with handlers set and a buffer ring to receive into.
+        assert on_data is not None and on_event is not None and pview is not None
         for sid, res, off, kind, _ in struct.iter_unpack(_SEV_FORMAT, self._sev_view[: m * _SEV_SIZE]):
             ctx = ctxs[sid & _SID_SLOT]
             if ctx is _NO_STREAM:  # closed by an earlier handler of this batch
@@ -911,7 +947,9 @@ class IoUringProvider(QueuedProvider):
 
     def _send_progress(self, op: Operation, res: int) -> None:
         op.done += res
-        st: _UringSocket = op.entry.state
+        entry = op.entry
+        assert entry is not None  # a hook gets operations on registered sockets only
+        st: _UringSocket = entry.state
         if op.done < len(op.buf) and res > 0 and op.op_id not in self._cancelling and not self._closed:
             self._short_sends += 1
             self._submit_send(op, st)  # the rest of a short send, same operation id
@@ -940,7 +978,9 @@ class IoUringProvider(QueuedProvider):
         else:
             self._fail(op, err)
         if op.op_type is _SEND:
-            st: _UringSocket = op.entry.state
+            entry = op.entry
+            assert entry is not None  # a hook gets operations on registered sockets only
+            st: _UringSocket = entry.state
             if st.sending is op:
                 self._next_send(st)
 
@@ -973,8 +1013,10 @@ class IoUringProvider(QueuedProvider):
             elif st.accept_waiters:
                 self._complete_accept(st.accept_waiters.popleft(), res)
             else:
-                st.accepted.append(res)
-                if len(st.accepted) >= _ACCEPT_BACKLOG_CAP and st.accept_ud:
+                accepted = st.accepted
+                assert accepted is not None  # made with accept_waiters when multishot was armed
+                accepted.append(res)
+                if len(accepted) >= _ACCEPT_BACKLOG_CAP and st.accept_ud:
                     self._prep_cancel(st.accept_ud)  # nobody accepts: leave the rest in the backlog
         elif -res not in _CANCEL_ERRNOS and st.accept_waiters:
             self._fail(st.accept_waiters.popleft(), -res)
@@ -1005,7 +1047,7 @@ class IoUringProvider(QueuedProvider):
         st: _UringSocket = entry.state
         if st.stream:
             return 0  # one stream per socket
-        sid = self._lib.fw_stream_open(self._ring, entry.fd)
+        sid: int = self._lib.fw_stream_open(self._ring, entry.fd)
         if sid < 0:
             self.last_error = f"stream_open: {os.strerror(-sid)}"
             return 0
@@ -1020,7 +1062,8 @@ class IoUringProvider(QueuedProvider):
         ring = self._ring
         if ring is None:
             return -errno.ENOTCONN
-        return self._lib.fw_stream_send(ring, stream_id, data, len(data))
+        rc: int = self._lib.fw_stream_send(ring, stream_id, data, len(data))
+        return rc if rc >= 0 else -map_errno(-rc)  # C returns -errno; the contract, -map_errno
 
     def stream_send_many(
         self, stream_ids: Sequence[int], data: bytes | bytearray | memoryview, high_water: int
@@ -1035,12 +1078,15 @@ class IoUringProvider(QueuedProvider):
         return self._ffi.unpack(flagged, nf) if nf else []
 
     def stream_queued(self, stream_id: int) -> int:
-        return self._lib.fw_stream_queued(self._ring, stream_id) if self._ring is not None else -errno.ENOTCONN
+        if self._ring is None:
+            return -errno.ENOTCONN
+        rc: int = self._lib.fw_stream_queued(self._ring, stream_id)
+        return rc if rc >= 0 else -map_errno(-rc)
 
     def stream_watch(self, stream_id: int, low_water: int) -> bool:
         if self._ring is None:
             return True  # closed: nothing will ever drain (the caller learns why elsewhere)
-        rc = self._lib.fw_stream_watch(self._ring, stream_id, max(0, low_water))
+        rc: int = self._lib.fw_stream_watch(self._ring, stream_id, max(0, low_water))
         return rc == 1 or rc < 0
 
     def stream_pause_reading(self, stream_id: int) -> bool:
@@ -1091,10 +1137,26 @@ class IoUringProvider(QueuedProvider):
             self._buffer_slots.append(slot)
         return super().unregister_buffer(buffer_id)
 
-    def send_async_registered(self, sock, buffer_id, offset, length, callback=None, context=None) -> int:
+    def send_async_registered(
+        self,
+        sock: socket.socket,
+        buffer_id: int,
+        offset: int,
+        length: int,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+    ) -> int:
         return self._registered_op(_SEND, sock, buffer_id, offset, length, callback, context)
 
-    def recv_async_registered(self, sock, buffer_id, offset, max_length, callback=None, context=None) -> int:
+    def recv_async_registered(
+        self,
+        sock: socket.socket,
+        buffer_id: int,
+        offset: int,
+        max_length: int,
+        callback: CompletionCallback | None = None,
+        context: Any = None,
+    ) -> int:
         fixed = self._fixed_base.get(buffer_id)
         if (
             fixed is None
@@ -1121,7 +1183,16 @@ class IoUringProvider(QueuedProvider):
             self._fail(op, -rc)
         return op.op_id
 
-    def _registered_op(self, op_type, sock, buffer_id, offset, length, callback, context) -> int:
+    def _registered_op(
+        self,
+        op_type: OpType,
+        sock: socket.socket,
+        buffer_id: int,
+        offset: int,
+        length: int,
+        callback: CompletionCallback | None,
+        context: Any,
+    ) -> int:
         if not self.initialized:
             self.last_error = "provider is not initialized"
             return 0
@@ -1151,7 +1222,7 @@ class IoUringProvider(QueuedProvider):
         feats = super()._features() | self._features_found
         # Streams receive through the buffer ring: off with provided buffers, or when asked.
         if self._sevs is not None and self._provided_on_arrival and not self._streams_off:
-            feats |= {"Streams"}
+            feats |= {Feature.STREAMS}
         return feats
 
     def _backend_set_option(self, name: str, value: Any) -> bool:

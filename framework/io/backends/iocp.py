@@ -67,7 +67,8 @@ log = structlog.get_logger("framework.io")
 ffi = win.ffi
 
 ERROR_CONNECTION_ABORTED = 1236
-# Win32 (NTSTATUS-derived) codes that some paths report instead of the Winsock code of the seed.
+# Win32 (NTSTATUS-derived) codes that some paths report instead of the Winsock code the error table
+# maps (docs/PROVIDER.md, "Error codes").
 _WIN32_TO_WSA = {
     ERROR_NETNAME_DELETED: WSAECONNRESET,
     ERROR_CONNECTION_REFUSED: WSAECONNREFUSED,
@@ -85,14 +86,15 @@ _never_returned: list[Any] = []
 
 
 def map_windows_error(code: int) -> int:
-    """A Windows error (Winsock or Win32) -> `ErrorCode` where the seed maps it, else the code."""
+    """A Windows error (Winsock or Win32) -> `ErrorCode` where the table maps it, else the code."""
     return map_wsa_error(_WIN32_TO_WSA.get(code, code))
 
 
 def _is_bound(sock: socket.socket) -> bool:
     """Winsock's getsockname fails (WSAEINVAL) on an unbound socket; other stacks report port 0."""
     try:
-        return sock.getsockname()[1] != 0
+        port: int = sock.getsockname()[1]
+        return port != 0
     except OSError:
         return False
 
@@ -318,9 +320,9 @@ class IocpProvider(QueuedProvider):
         while self._inflight and time.monotonic() < deadline:
             for key, lpov, _nbytes in self._dequeue(100):
                 if key == self.KEY_IO:
-                    req = self._inflight.pop(int(ffi.cast("FW_OVERLAPPED *", lpov).op_id), None)
-                    if req is not None and req.accept_sock is not None:
-                        req.accept_sock.close()
+                    returned = self._inflight.pop(int(ffi.cast("FW_OVERLAPPED *", lpov).op_id), None)
+                    if returned is not None and returned.accept_sock is not None:
+                        returned.accept_sock.close()
         if self._inflight:
             log.warning(
                 "iocp: requests never returned by the kernel; their memory is kept", count=len(self._inflight)

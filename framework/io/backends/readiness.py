@@ -54,7 +54,7 @@ Facts that shaped the shared part:
   `send` per edge (a short write means the buffer is full, an edge follows). The stream's state
   lives in the socket record (five slots); its id is `serial << 32 | fd`, so a lookup is the
   registration table's and a stale id (closed stream, reused fd) never matches. Handlers run only
-  inside `process_completions`: an error met inside `stream_send` (which returns -errno) is queued
+  inside `process_completions`: an error met inside `stream_send` (which returns it negated) is queued
   as STREAM_ERROR for the next turn, and a pending event or read makes that turn's wait a poll.
   One STREAM_ERROR per stream at most: it stops sending (and, for a receive error, receiving).
 
@@ -70,14 +70,23 @@ import errno
 import itertools
 import os
 import socket
+from abc import abstractmethod
 from collections import deque
 from collections.abc import Sequence
 from itertools import islice
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-from framework.io.backends.base import Operation, QueuedProvider, SocketEntry, as_memoryview, log
+from framework.io.backends.base import Operation, QueuedStreamsProvider, SocketEntry, as_memoryview, log
 from framework.io.errors import map_errno
-from framework.io.provider import STREAM_DRAINED, STREAM_EOF, STREAM_ERROR, OpType, SendOperation, Status
+from framework.io.provider import (
+    STREAM_DRAINED,
+    STREAM_EOF,
+    STREAM_ERROR,
+    Feature,
+    OpType,
+    SendOperation,
+    Status,
+)
 
 _sysconf = getattr(os, "sysconf", None)
 try:
@@ -144,7 +153,7 @@ class ReadinessSocket(SocketEntry):
         self.sflags = 0  # _S_* bits
 
 
-class ReadinessProvider(QueuedProvider):
+class ReadinessProvider(QueuedStreamsProvider):
     """Completion-style provider on an edge-triggered readiness API; see the module docstring."""
 
     _SEND_BYTES_AS_IS = True  # send/sendmsg take bytes; a partial send's rest is a (rare) copy
@@ -180,26 +189,29 @@ class ReadinessProvider(QueuedProvider):
         self._sev: list[Any] = []
         self._stream_serial = itertools.count(1)
         self._streams_open = 0
+        # The registration table, typed as what it holds here (entries are _ENTRY_CLASS's).
+        self._rsockets = cast("dict[int, ReadinessSocket]", self._sockets)
 
     # ------------------------------------------------------------------ kernel hooks
+    @abstractmethod
     def _open_kernel(self) -> None:
         """Create the kernel object (epoll fd, kqueue). Raise OSError on failure."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _close_kernel(self) -> None:
-        raise NotImplementedError
+        """Close the kernel object."""
 
+    @abstractmethod
     def _watch(self, fd: int, write: bool = True) -> None:
         """Start edge-triggered interest in `fd`: readable (and writable when `write`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _unwatch(self, fd: int) -> None:
         """Stop watching `fd`; it may be closed already (the kernel then dropped it itself)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _wait_events(self, timeout_ms: int) -> Sequence[tuple[int, int]]:
         """One kernel wait (-1 forever, 0 poll): (fd, event bits) pairs, at most `_maxevents`."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ lifecycle
     def _backend_open(self) -> None:
@@ -258,7 +270,9 @@ class ReadinessProvider(QueuedProvider):
 
     # ------------------------------------------------------------------ operations
     def _backend_recv(self, op: Operation) -> None:
-        st = op.entry.state
+        entry = op.entry
+        assert entry is not None  # the hooks get operations on registered sockets only
+        st = entry.state
         q = st.recvq
         if q or st.drained:  # earlier recvs wait for an edge (FIFO), or the queue is known empty
             if q is None:
@@ -269,10 +283,10 @@ class ReadinessProvider(QueuedProvider):
         buf = op.buf
         try:
             if buf is None:  # provided buffer: memory only for what arrived
-                data = op.sock.recv(_PROVIDED_READ)
+                data = st.sock.recv(_PROVIDED_READ)
                 n = len(data)
             else:
-                n = op.sock.recv_into(buf)
+                n = st.sock.recv_into(buf)
         except BlockingIOError:
             st.recvq = [op]  # empty or None here (checked above)
             return
@@ -287,7 +301,9 @@ class ReadinessProvider(QueuedProvider):
             self._complete(op, _SUCCESS, n, 0)
 
     def _backend_send(self, op: Operation) -> None:
-        st = op.entry.state
+        entry = op.entry
+        assert entry is not None  # the hooks get operations on registered sockets only
+        st = entry.state
         q = st.sendq
         if q is None:
             q = st.sendq = deque()
@@ -311,7 +327,9 @@ class ReadinessProvider(QueuedProvider):
         return n
 
     def _backend_accept(self, op: Operation) -> None:
-        st = op.entry.state
+        entry = op.entry
+        assert entry is not None  # the hooks get operations on registered sockets only
+        st = entry.state
         if st.acceptq is None:
             st.acceptq = deque()
         st.acceptq.append(op)
@@ -319,12 +337,14 @@ class ReadinessProvider(QueuedProvider):
             self._drain_accepts(st)
 
     def _backend_connect(self, op: Operation) -> None:
-        st = op.entry.state
+        entry = op.entry
+        assert entry is not None  # the hooks get operations on registered sockets only
+        st = entry.state
         if st.connect_op is not None:
             self._fail(op, errno.EALREADY)
             return
         try:
-            err = op.sock.connect_ex(op.address)
+            err = st.sock.connect_ex(op.address)
         except OSError as exc:  # bad address (e.g. gaierror) rather than a connect error
             self._fail(op, exc.errno or errno.EINVAL)
             return
@@ -345,7 +365,7 @@ class ReadinessProvider(QueuedProvider):
             else:
                 q = st.recvq if t == OpType.RECV else st.sendq if t == OpType.SEND else st.acceptq
                 try:
-                    q.remove(op)  # type: ignore[union-attr]
+                    q.remove(op)
                 except (ValueError, AttributeError):  # not queued (or no queue: never was)
                     pass
         self._complete(op, status, op.done, error_code)
@@ -459,6 +479,7 @@ class ReadinessProvider(QueuedProvider):
 
     def _finish_connect(self, st: ReadinessSocket) -> None:
         op = st.connect_op
+        assert op is not None  # called only while a connect waits
         sock = st.sock
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err == 0:
@@ -559,6 +580,7 @@ class ReadinessProvider(QueuedProvider):
         if st is None:
             self.last_error = "stream_open: socket is not registered"
             return 0
+        assert isinstance(st, ReadinessSocket)  # this provider's _ENTRY_CLASS
         if st.sid or st.recvq or sock.type != socket.SOCK_STREAM:
             self.last_error = "stream_open: one stream per connected stream socket, with no recv pending"
             return 0
@@ -575,11 +597,11 @@ class ReadinessProvider(QueuedProvider):
         return sid
 
     def _stream(self, stream_id: int) -> ReadinessSocket | None:
-        st = self._sockets.get(stream_id & _SID_FD)
-        return st if st is not None and st.sid == stream_id and stream_id else None  # type: ignore[return-value]
+        st = self._rsockets.get(stream_id & _SID_FD)
+        return st if st is not None and st.sid == stream_id and stream_id else None
 
     def stream_send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
-        st = self._sockets.get(stream_id & _SID_FD)
+        st = self._rsockets.get(stream_id & _SID_FD)
         if st is None or st.sid != stream_id or not stream_id:
             return -errno.ENOTCONN
         if st.sflags & _S_FAILED:
@@ -598,9 +620,7 @@ class ReadinessProvider(QueuedProvider):
         except BlockingIOError:
             n = 0
         except OSError as exc:
-            code = exc.errno or errno.EPIPE
-            self._stream_failed(st, code, True)
-            return -code
+            return -self._stream_failed(st, exc.errno or errno.EPIPE, True)
         if n == want:
             return 0
         st.sout = bytearray(memoryview(data)[n:])  # the one copy: the caller may reuse `data`
@@ -663,9 +683,10 @@ class ReadinessProvider(QueuedProvider):
         ctx = st.sctx
         buf = self._sbuf
         view = self._sview
-        size = len(buf)  # type: ignore[arg-type]
-        recv_into = st.sock.recv_into
         on_data = self._on_stream_data
+        assert buf is not None and view is not None and on_data is not None  # set by stream_open
+        size = len(buf)
+        recv_into = st.sock.recv_into
         short_drains = self.SHORT_READ_DRAINS and not st.always_try
         for _ in range(_STREAM_READS):
             try:
@@ -682,7 +703,7 @@ class ReadinessProvider(QueuedProvider):
                 return
             self._delivered += 1
             try:
-                on_data(ctx, view[:n])  # type: ignore[index]
+                on_data(ctx, view[:n])
             except Exception:
                 self._callback_errors += 1
                 log.exception("stream handler raised", backend=self.name, kind=0)
@@ -709,42 +730,47 @@ class ReadinessProvider(QueuedProvider):
     def _stream_write(self, st: ReadinessSocket) -> None:
         """A write edge: send what is queued (one send; short means the buffer is full again)."""
         out = st.sout
+        assert out is not None  # called only with bytes queued
         try:
-            n = st.sock.send(out)  # type: ignore[arg-type]
+            n = st.sock.send(out)
         except BlockingIOError:
             return
         except OSError as exc:
             self._stream_failed(st, exc.errno or errno.EPIPE, False)
             return
-        if n >= len(out):  # type: ignore[arg-type]
+        if n >= len(out):
             st.sout = None  # an idle stream keeps no send memory
             left = 0
         else:
-            del out[:n]  # type: ignore[index]  # CPython drops a bytearray's head without moving the rest
-            left = len(out)  # type: ignore[arg-type]
+            del out[:n]  # CPython drops a bytearray's head without moving the rest
+            left = len(out)
             self._partial_writes += 1
         if st.swatch >= 0 and left <= st.swatch:
             st.swatch = -1
             self._stream_emit(st, STREAM_DRAINED, 0)
 
-    def _stream_failed(self, st: ReadinessSocket, os_errno: int, queue: bool) -> None:
+    def _stream_failed(self, st: ReadinessSocket, os_errno: int, queue: bool) -> int:
         """Receiving or sending failed: sends are refused from now on; one STREAM_ERROR, queued
-        when we are inside stream_send (handlers run only inside process_completions)."""
+        when we are inside stream_send (handlers run only inside process_completions). Returns
+        the error code (the event's)."""
         st.sout = None
         st.swatch = -1
-        if st.sflags & _S_FAILED:
-            return
-        st.sflags |= _S_FAILED
         code = map_errno(self.ERRNO_ALIASES.get(os_errno, os_errno))
+        if st.sflags & _S_FAILED:
+            return code
+        st.sflags |= _S_FAILED
         if queue:
             self._sev += (st, st.sid, STREAM_ERROR, code)
         else:
             self._stream_emit(st, STREAM_ERROR, code)
+        return code
 
     def _stream_emit(self, st: ReadinessSocket, kind: int, code: int) -> None:
         self._delivered += 1
+        on_event = self._on_stream_event
+        assert on_event is not None  # set before any stream was opened
         try:
-            self._on_stream_event(st.sctx, kind, code)
+            on_event(st.sctx, kind, code)
         except Exception:
             self._callback_errors += 1
             log.exception("stream handler raised", backend=self.name, kind=kind)
@@ -760,10 +786,14 @@ class ReadinessProvider(QueuedProvider):
 
     # ------------------------------------------------------------------ options, features, stats
     def _features(self) -> frozenset[str]:
-        feats = super()._features() | {"UserBufferRegistration", "GatherSend", "EdgeTriggered"}
+        feats = super()._features() | {
+            Feature.USER_BUFFER_REGISTRATION,
+            Feature.GATHER_SEND,
+            Feature.EDGE_TRIGGERED,
+        }
         # Streams read into provider memory on arrival, as provided receives do: off with those.
         if self._provided_on_arrival and not self._streams_off:
-            feats |= {"Streams"}
+            feats |= {Feature.STREAMS}
         return feats
 
     def set_option(self, name: str, value: Any) -> bool:
