@@ -1197,7 +1197,7 @@ class SessionHost:
             return
         session.bytes_out += sent
         self.bytes_out += sent
-        if session._paused and session._out_bytes <= session._write_low:
+        if session._paused and session._out_bytes <= self._write_low:
             self._writing_resumed(session)
         if session._out:
             if not session._dirty and session._state != CLOSED:

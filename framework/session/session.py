@@ -76,9 +76,7 @@ class Session:
         "_sock",
         "_state",
         "_task",
-        "_write_cap",
         "_write_high",
-        "_write_low",
         "bytes_in",
         "bytes_out",
         "frames_in",
@@ -130,8 +128,6 @@ class Session:
         self._packb = host._packb  # one Packer per loop thread (a Packer is not thread-safe)
         self._paused = False
         self._write_high = host._write_high
-        self._write_low = host._write_low
-        self._write_cap = host._write_cap
         self._groups: set[Group] | None = None  # created on the first Group.add
         self._task: Task | None = None
         self._backlog: deque[Any] | tuple[()] = ()  # a deque while messages wait (see SessionHost._defer)
@@ -277,9 +273,8 @@ class Session:
             self._inflight = host._stream_unsent(self)
             if self._out_bytes + self._inflight <= self._write_high:
                 return True
-        if self._out_bytes + self._inflight > self._write_cap:
-            if host is not None:
-                host._abort_session(self, "slow consumer")
+        if host is not None and self._out_bytes + self._inflight > host._write_cap:
+            host._abort_session(self, "slow consumer")
             return False
         if not self._paused:
             self._paused = True
