@@ -14,30 +14,28 @@ Real sockets on loopback, on every Linux backend (both session I/O paths: stream
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from typing import Any, ClassVar
 
 import pytest
 
-from framework.session import Session
 from framework.session.codec import HEARTBEAT_FRAME
 from framework.session.server import EVICTED, FIRST_MESSAGE_TIMEOUT
 from tests.support.backends import SESSION_BACKENDS
-from tests.support.session import WAIT_S, FrameClient, make_settings, on_loop, running_server, wait_for
+from tests.support.session import (
+    WAIT_S,
+    FrameClient,
+    RecordingEcho,
+    make_settings,
+    on_loop,
+    running_server,
+    wait_for,
+)
 
 
-class _Echo(Session):
+class _Echo(RecordingEcho):
     __slots__ = ()
-    reasons: ClassVar[list[str]] = []
-    lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def on_message(self, msg: Any) -> None:
-        self.send(msg)
-
-    def on_disconnected(self, reason: str) -> None:
-        with type(self).lock:
-            type(self).reasons.append(reason)
+    reasons: ClassVar[list[str]] = []  # this module's own record
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ whatever the machine's speed."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any, ClassVar
 
 import pytest
@@ -16,20 +15,20 @@ import pytest
 from framework.session import Server, Session
 from framework.session.limits import RATE_LIMIT_EXCEEDED, RateLimits, TokenBucket, rate_limit_error
 from tests.support.backends import SESSION_BACKENDS
-from tests.support.session import FrameClient, make_settings, msg_frame, on_loop, running_server, wait_for
+from tests.support.session import (
+    FrameClient,
+    RecordingEcho,
+    make_settings,
+    msg_frame,
+    on_loop,
+    running_server,
+    wait_for,
+)
 
 
-class _Echo(Session):
+class _Echo(RecordingEcho):
     __slots__ = ()
-    reasons: ClassVar[list[str]] = []
-    lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def on_message(self, msg: Any) -> None:
-        self.send(msg)
-
-    def on_disconnected(self, reason: str) -> None:
-        with type(self).lock:
-            type(self).reasons.append(reason)
+    reasons: ClassVar[list[str]] = []  # this module's own record
 
 
 class _Typed(_Echo):

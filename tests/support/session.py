@@ -9,7 +9,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -160,3 +160,19 @@ class FrameClient:
         self.sock.close()
 
 
+
+
+class RecordingEcho(Session):
+    """Echoes every message and records each close reason in its class's `reasons` (a subclass
+    declares its own list; on_disconnected may run in the loop thread while a test reads it)."""
+
+    __slots__ = ()
+    reasons: ClassVar[list[str]] = []
+    lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def on_message(self, msg: Any) -> None:
+        self.send(msg)
+
+    def on_disconnected(self, reason: str) -> None:
+        with type(self).lock:
+            type(self).reasons.append(reason)
