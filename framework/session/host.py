@@ -222,6 +222,9 @@ class SessionHost:
         self._memory_budget = settings.server.memory_budget_bytes
         self._turn = 0
         self._spent: dict[Session, int] = {}  # this turn's decoded frames << 32 | bytes, per session
+        self._share_frames = self._budget_frames // 4  # what a first decode may use unrecorded
+        self._share_bytes = self._budget_bytes // 4
+        self._budget_share = self._share_frames << 32 | self._share_bytes
         self._held_ready: deque[Session] = deque()  # sessions with held frames, served round-robin
         self._in_bytes = 0  # input buffered by every decoder (partial frames and held frames)
         self._out_acct = 0  # output of sessions over their high-water mark (Flow.out_acct)
@@ -855,15 +858,18 @@ class SessionHost:
         """The messages complete in `data`, within the session's read budget for this turn (the
         decoder keeps an incomplete tail, and holds what the budget leaves; frames are counted),
         or None when the session was closed (a protocol error, the memory budget)."""
-        # What the session already decoded this turn (frames << 32 | bytes): kept in a per-turn
-        # dict, not on the session, so a connection that is not busy carries no budget state.
-        spent = self._spent.get(session)
-        if spent is None:
-            frames_left = self._budget_frames
-            bytes_left = self._budget_bytes
-        else:
+        # What the session already decoded this turn (frames << 32 | bytes) is kept in a per-turn
+        # dict, not on the session, and only once it is over a quarter of the budget: a session
+        # that had frames this turn (_last_frame is this turn's `now`) but no entry used at most
+        # that quarter. So ping-pong and handshake bursts cost neither a dict entry nor memory.
+        if session._last_frame == self.now:
+            spent = self._spent.get(session, self._budget_share)
             frames_left = self._budget_frames - (spent >> 32)
             bytes_left = self._budget_bytes - (spent & _LOW32)
+        else:
+            spent = None
+            frames_left = self._budget_frames
+            bytes_left = self._budget_bytes
         decoder = session._decoder
         assert decoder is not None  # set when the session was attached
         before = len(decoder._buf)
@@ -876,9 +882,9 @@ class SessionHost:
             return None
         after = len(decoder._buf)
         used = self._budget_bytes - bytes_left + len(data) + before - after
-        self._spent[session] = (self._budget_frames - frames_left + frames) << 32 | (
-            used if used < _LOW32 else _LOW32
-        )
+        used_frames = self._budget_frames - frames_left + frames
+        if spent is not None or used_frames > self._share_frames or used > self._share_bytes:
+            self._spent[session] = used_frames << 32 | (used if used < _LOW32 else _LOW32)
         if frames:
             session._last_frame = self.now
             session.frames_in += frames
