@@ -61,6 +61,7 @@ _SHRINK_AFTER_READS = 8
 _ERROR_RATE_WINDOW = 200  # loop calls per error-rate check
 _ERROR_RATE_PERCENT = 5
 _LOW32 = 0xFFFFFFFF
+_NO_BYTES = memoryview(b"")
 
 
 def _append_task(ready: deque[Task], task: Task, _future: LoopFuture) -> None:
@@ -913,11 +914,11 @@ class SessionHost:
         self._in_bytes += grown
         decoder = session._decoder
         assert decoder is not None
-        if not flow.held and decoder.has_frame():  # the budget ran out with frames left
+        if decoder.has_frame():  # the budget ran out with frames left, or they wait behind others
             flow.held = True
-        if flow.held and not flow.queued and session._task is None and not session._backlog and not session._paused:
-            flow.queued = True
-            self._held_ready.append(session)
+            if not flow.queued and session._task is None and not session._backlog and not session._paused:
+                flow.queued = True
+                self._held_ready.append(session)
         if grown > 0:
             if flow.held and not flow.rpaused:
                 self._update_reading(session, flow)
@@ -954,9 +955,6 @@ class SessionHost:
         """One read budget for each session with held frames, round-robin; sessions with frames
         left go to the back of the queue, behind the others."""
         ready = self._held_ready
-        spent = self._spent
-        budget_frames = self._budget_frames
-        budget_bytes = self._budget_bytes
         for _ in range(len(ready)):
             session = ready.popleft()
             flow = session._flow
@@ -964,24 +962,11 @@ class SessionHost:
             flow.queued = False
             if session._state != OPEN or session._task is not None or session._backlog or session._paused:
                 continue  # closed; an ordered handler runs, or output is behind: their ends unhold
-            decoder = session._decoder
-            assert decoder is not None
-            before = len(decoder._buf)
-            msgs: list[Any] = []
-            try:
-                frames = decoder.drain(msgs, budget_frames, budget_bytes)
-            except ProtocolError as exc:
-                self.protocol_errors += 1
-                self._abort_session(session, f"protocol error: {exc}")
+            # No new bytes: the decoder drains its hold within this turn's budget, accounted as
+            # any arrival's decode is.
+            msgs = self._decode(session, _NO_BYTES)
+            if msgs is None:
                 continue
-            after = len(decoder._buf)
-            self._in_bytes += after - before
-            used = before - after
-            spent[session] = frames << 32 | (used if used < _LOW32 else _LOW32)
-            if frames:
-                session._last_frame = self.now
-                session.frames_in += frames
-                self.frames_in += frames
             if msgs:
                 self._deliver(session, msgs)
             if session._state == OPEN and session._task is None and not session._backlog:
@@ -1093,7 +1078,7 @@ class SessionHost:
         for session in self.registry:
             decoder = session._decoder
             held = len(decoder._buf) if decoder is not None else 0
-            out = session._out_bytes + (self._stream_unsent(session) if self._streams else session._inflight)
+            out = session.queued_bytes
             total_out += out
             flow = session._flow
             if flow is not None and flow.out_acct:
